@@ -1,0 +1,113 @@
+"""The `Host` value: everything needed to reach one host, and nothing secret.
+
+A `Host` travels inside task messages (as a plain dict), so it carries only
+references to secrets (`password_env` names an environment variable on the
+worker), never a secret itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+Connection = Literal["ssh", "local"]
+
+#: Host variables that fleet itself understands; every other key is a free user var.
+KNOWN_HOST_VARS = frozenset(
+    {
+        "address",
+        "port",
+        "user",
+        "identity_file",
+        "password_env",
+        "connection",
+        "jump",
+        "queue",
+        "become",
+        "become_user",
+        "become_password_env",
+        "env",
+    }
+)
+
+DEFAULT_PORT = 22
+DEFAULT_QUEUE = "fleet"
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One resolved host. `name` is the inventory name; `address` what we connect to."""
+
+    name: str
+    address: str
+    port: int = DEFAULT_PORT
+    user: str | None = None
+    connection: Connection = "ssh"
+    identity_file: str | None = None
+    password_env: str | None = None
+    jump: str | None = None
+    queue: str | None = None
+    become: bool = False
+    become_user: str | None = None
+    become_password_env: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict, hash=False, compare=True)
+    vars: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", _frozen_mapping(self.env))
+        object.__setattr__(self, "vars", _frozen_mapping(self.vars))
+
+    @property
+    def is_local(self) -> bool:
+        return self.connection == "local"
+
+    @property
+    def pool_key(self) -> tuple[str, int, str | None, str | None]:
+        """Hosts that share this key can share one SSH transport."""
+        return (self.address, self.port, self.user, self.jump)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "user": self.user,
+            "connection": self.connection,
+            "identity_file": self.identity_file,
+            "password_env": self.password_env,
+            "jump": self.jump,
+            "queue": self.queue,
+            "become": self.become,
+            "become_user": self.become_user,
+            "become_password_env": self.become_password_env,
+            "env": dict(self.env),
+            "vars": dict(self.vars),
+            "groups": list(self.groups),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Host:
+        return cls(
+            name=data["name"],
+            address=data["address"],
+            port=int(data.get("port", DEFAULT_PORT)),
+            user=data.get("user"),
+            connection=data.get("connection", "ssh"),
+            identity_file=data.get("identity_file"),
+            password_env=data.get("password_env"),
+            jump=data.get("jump"),
+            queue=data.get("queue"),
+            become=bool(data.get("become", False)),
+            become_user=data.get("become_user"),
+            become_password_env=data.get("become_password_env"),
+            env=data.get("env") or {},
+            vars=data.get("vars") or {},
+            groups=tuple(data.get("groups") or ()),
+        )

@@ -1,0 +1,119 @@
+"""`Settings`: every tunable value, resolved once.
+
+Precedence: an explicit override (a command-line flag) > a ``FLEET_*`` environment
+variable > the default here. Other modules receive values; they never read
+``os.environ`` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import ConfigError
+
+ENV_PREFIX = "FLEET_"
+DAY = 86400
+
+
+def _default_home() -> str:
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "fleet")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    inventory: str = "inventory.yaml"
+    broker_url: str | None = None  # None: embedded mode (in-process worker, SQLite history)
+    result_backend: str | None = None  # defaults to the broker URL when it is redis://
+    store_url: str | None = None  # run store; defaults to the result backend
+    home: str = ""  # embedded mode keeps its SQLite history here
+    connect_timeout: float = 10.0  # TCP connect + SSH banner + key exchange
+    auth_timeout: float = 10.0
+    command_timeout: float = 300.0  # wall time of one command on one host
+    deadline: float | None = None  # whole run; default derived from the timeouts
+    output_cap: int = 1 << 20  # bytes kept per stream per host
+    known_hosts: str = ""  # fleet's own known_hosts file (besides ~/.ssh/known_hosts)
+    ssh_config: str = ""  # ~/.ssh/config by default; "none" to ignore it
+    accept_new_host_keys: bool = False
+    pool_size: int = 256  # live SSH transports kept per worker process
+    pool_idle_ttl: float = 300.0
+    retention: int = 7 * DAY  # run history, progress events, claims
+    prefix: str = "fleet"  # every Redis key starts with this
+    debug: bool = False
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.broker_url
+
+    def run_deadline(self) -> float:
+        """Seconds a run may take before hosts without a result are declared lost."""
+        if self.deadline is not None:
+            return self.deadline
+        return self.connect_timeout + self.auth_timeout + self.command_timeout + 60.0
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Resolve settings from overrides (None means "not given"), environment, defaults.
+
+        Raises `ConfigError` naming the variable when an environment value has the wrong type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw, f.type)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        settings = cls(**values)
+        if not settings.home:
+            settings = _replace(settings, home=_default_home())
+        if not settings.known_hosts:
+            settings = _replace(
+                settings, known_hosts=str(Path(settings.home) / "known_hosts")
+            )
+        if settings.broker_url and not settings.result_backend:
+            if settings.broker_url.startswith(("redis://", "rediss://")):
+                settings = _replace(settings, result_backend=settings.broker_url)
+        if settings.result_backend and not settings.store_url:
+            settings = _replace(settings, store_url=settings.result_backend)
+        return settings
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    data = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    data.update(changes)
+    return Settings(**data)
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    var = ENV_PREFIX + name.upper()
+    kind = str(annotation)
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            value = float(raw)
+            if value <= 0:
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        raise ConfigError(f"{var}: expected {kind.split(' ')[0]}, got {raw!r}") from None
+    return raw
