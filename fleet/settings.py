@@ -117,3 +117,20 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
     except ValueError:
         raise ConfigError(f"{var}: expected {kind.split(' ')[0]}, got {raw!r}") from None
     return raw
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, fit for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
