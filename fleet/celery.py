@@ -1,0 +1,96 @@
+"""The Celery app (``celery -A fleet worker`` finds it here, as the Celery docs teach).
+
+Distributed mode: ``FLEET_BROKER_URL`` (Redis or RabbitMQ) and ``FLEET_RESULT_BACKEND``
+(Redis; defaults to the broker URL when that is Redis). Embedded mode (no broker URL):
+Celery's in-memory transport and an in-process worker thread, same tasks, same canvas.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+from celery.worker import WorkController
+
+from fleet.settings import Settings
+from fleet.store_api import RunStore
+from fleet.stores import open_store
+
+EMBEDDED_BROKER = "memory://"
+EMBEDDED_BACKEND = "cache+memory://"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.load()
+    celery_app = Celery("fleet", include=["fleet.tasks"])
+    celery_app.config_from_object("celeryconfig")
+    if settings.is_embedded:
+        celery_app.conf.broker_url = EMBEDDED_BROKER
+        celery_app.conf.result_backend = EMBEDDED_BACKEND
+    else:
+        celery_app.conf.broker_url = settings.broker_url
+        celery_app.conf.result_backend = settings.result_backend
+    return celery_app
+
+
+app = create_app()
+
+_store_lock = threading.Lock()
+_store: tuple[int, RunStore] | None = None
+
+
+def worker_store() -> RunStore:
+    """The run store of this worker process, opened once (and again after a fork)."""
+    global _store
+    with _store_lock:
+        if _store is None or _store[0] != os.getpid():
+            _store = (os.getpid(), open_store(Settings.load()))
+        return _store[1]
+
+
+def use_store(store: RunStore) -> None:
+    """Make tasks in this process use `store` (embedded mode shares the CLI's store)."""
+    global _store
+    with _store_lock:
+        _store = (os.getpid(), store)
+
+
+class _EmbeddedWorkController(WorkController):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.started = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        self.started.set()
+
+
+@contextmanager
+def embedded_worker(concurrency: int = 16, timeout: float = 20.0) -> Iterator[None]:
+    """Run a worker thread in this process on the in-memory transport, for one run."""
+    from celery.worker import state
+
+    app.finalize()
+    worker = _EmbeddedWorkController(
+        app=app,
+        concurrency=concurrency,
+        pool="threads",
+        hostname=f"embedded@{os.uname().nodename}",
+        loglevel="ERROR",
+        ready_callback=None,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    thread = threading.Thread(target=worker.start, name="fleet-embedded-worker", daemon=True)
+    thread.start()
+    worker.started.wait(timeout)
+    try:
+        yield
+    finally:
+        state.should_terminate = 0
+        thread.join(timeout)
+        state.should_terminate = None

@@ -1,0 +1,318 @@
+"""The command line: argument parsing, messages and exit codes. The only place that prints.
+
+Exit codes: 0 every host ok; 1 some host not ok; 2 usage or input error;
+3 infrastructure error (broker or store unreachable); 130 detached by Ctrl-C;
+70 an internal error (a bug: run again with --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FleetError,
+    InventoryError,
+    UsageError,
+)
+from fleet.settings import Settings
+
+EXIT_INTERNAL = 70
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except FleetError as exc:
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fleet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"fleet: internal error: {type(exc).__name__}: {reason} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def main_exit() -> None:
+    sys.exit(main())
+
+
+def _print_error(exc: FleetError) -> None:
+    lines = exc.render().splitlines() if isinstance(exc, InventoryError) else [str(exc)]
+    for line in lines:
+        print(f"fleet: {line}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-i", "--inventory", help="inventory file (env FLEET_INVENTORY; default ./inventory.yaml)"
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+    parser = argparse.ArgumentParser(
+        prog="fleet",
+        description="Run a command on many hosts over SSH and know what happened on each.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    hosts = sub.add_parser("hosts", parents=[common], help="list the hosts a pattern selects")
+    hosts.add_argument("pattern", nargs="?", help="Ansible-style pattern, e.g. 'web:&prod:!web03'")
+    hosts.add_argument("-g", "--group", dest="group", help="same as PATTERN")
+    hosts.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    hosts.set_defaults(handler=cmd_hosts)
+
+    run = sub.add_parser("run", parents=[common], help="run a command on the selected hosts")
+    run.add_argument("command", help="shell command to run on each host")
+    run.add_argument("-g", "--group", required=True, help="pattern selecting the hosts")
+    run.add_argument("--timeout", type=_positive, help="command wall time per host, seconds")
+    run.add_argument("--connect-timeout", type=_positive, help="connect + banner, seconds")
+    run.add_argument("--deadline", type=_positive, help="whole run; hosts without a result "
+                     "by then are 'lost' (default: from the timeouts)")
+    run.add_argument("--json", action="store_true", help="the JSON report on stdout")
+    run.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    run.add_argument("--accept-new-host-keys", action="store_true", default=None,
+                     help="record unknown host keys on first use (changed keys stay rejected)")
+    run.add_argument("--sudo", action="store_true", help="run through sudo -n")
+    run.add_argument("--sudo-user", help="with --sudo: run as this user")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="environment variable for the command (repeatable)")
+    run.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
+    run.set_defaults(handler=cmd_run)
+
+    runs = sub.add_parser("runs", parents=[common], help="list past runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--host", help="only runs that included this host")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_runs)
+
+    report = sub.add_parser("report", parents=[common], help="show a run's report")
+    report.add_argument("run_id")
+    report.add_argument("--json", action="store_true")
+    report.add_argument("--html", type=Path, metavar="FILE")
+    report.add_argument("--verbose", "-v", action="store_true")
+    report.set_defaults(handler=cmd_report)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a run's unstarted hosts")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    worker = sub.add_parser("worker", parents=[common], help="start a Celery worker")
+    worker.add_argument("-Q", "--queues", default="fleet", help="comma-separated queues")
+    worker.add_argument("-c", "--concurrency", type=int, default=64)
+    worker.add_argument("-n", "--hostname", help="node name, e.g. eu1@%%h")
+    worker.add_argument("-l", "--loglevel", default="INFO")
+    worker.set_defaults(handler=cmd_worker)
+    return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return Settings.load(inventory=getattr(args, "inventory", None), **overrides)
+
+
+def _select(args: argparse.Namespace, pattern: str | None, settings: Settings) -> tuple[Any, ...]:
+    from fleet.inventory import load_inventory
+
+    if not pattern:
+        raise UsageError("no pattern given: name a group, e.g. --group web (or 'all')")
+    return load_inventory(settings.inventory).select(pattern)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    hosts = _select(args, args.group or args.pattern, settings)
+    if args.json:
+        doc = [
+            {k: v for k, v in h.to_dict().items() if k not in ("env", "vars")}
+            | {"vars": dict(h.vars)}
+            for h in hosts
+        ]
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    from fleet.textsafe import make_visible
+
+    rows = [("HOST", "ADDRESS", "PORT", "USER", "QUEUE", "CONNECTION")]
+    for h in hosts:
+        rows.append((h.name, h.address, str(h.port), h.user or "-", h.queue or "-", h.connection))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(make_visible("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()))
+    print(f"{len(hosts)} host(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleet.execute import ExecOptions
+    from fleet.runs import RunRequest
+
+    settings = _settings(
+        args,
+        command_timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        deadline=args.deadline,
+        accept_new_host_keys=args.accept_new_host_keys,
+        debug=args.debug or None,
+    )
+    hosts = _select(args, args.group, settings)
+    options = ExecOptions.from_settings(
+        settings,
+        become=True if args.sudo else None,
+        become_user=args.sudo_user,
+        env=_parse_env(args.env),
+    )
+    request = RunRequest(args.command, args.group, hosts, options, settings.deadline)
+    from fleet.session import RunSession
+
+    with RunSession(settings) as session:
+        run = session.submit(request)
+        from fleet.console import ProgressDisplay
+
+        try:
+            with ProgressDisplay(args.command, len(hosts), enabled=None if not args.json else False) as bar:
+                report = session.follow(run.run_id, on_progress=bar.update)
+        except KeyboardInterrupt:
+            return _detach(session, run.run_id)
+    return _emit_report(report, args)
+
+
+def _detach(session: Any, run_id: str) -> int:
+    if session.is_embedded:
+        session.cancel(run_id)
+        print(
+            f"fleet: interrupted: run {run_id} cancelled (the in-process worker stops with "
+            f"this command); see what ran with: fleet report {run_id}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"fleet: detached from run {run_id}; it goes on. Follow it with: "
+            f"fleet report {run_id}   (stop it with: fleet cancel {run_id})",
+            file=sys.stderr,
+        )
+    return EXIT_INTERRUPTED
+
+
+def _parse_env(items: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--env {item!r}: expected NAME=VALUE with NAME a shell identifier")
+        env[name] = value
+    return env
+
+
+def _emit_report(report: Any, args: argparse.Namespace) -> int:
+    from fleet import report as render
+
+    if getattr(args, "html", None):
+        render.write_atomically(args.html, render.render_html(report))
+        print(f"fleet: HTML report written to {args.html}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(render.render_json(report))
+    else:
+        from fleet.console import wants_color
+
+        width = _terminal_width()
+        sys.stdout.write(
+            render.render_text(
+                report, color=wants_color(sys.stdout), width=width, verbose=args.verbose
+            )
+        )
+    return int(render.exit_code(report))
+
+
+def _terminal_width() -> int:
+    try:
+        return max(60, os.get_terminal_size().columns)
+    except OSError:
+        return 100
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from fleet import report as render
+    from fleet.runs import report_for
+    from fleet.stores import open_store
+
+    store = open_store(_settings(args))
+    runs = store.list_runs(limit=args.limit, host=args.host)
+    counts = {r.run_id: report_for(store, r.run_id).counts() for r in runs}
+    if args.json:
+        sys.stdout.write(render.runs_json(runs, counts))
+    else:
+        from fleet.console import wants_color
+
+        sys.stdout.write(render.render_runs(runs, counts, color=wants_color(sys.stdout)))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fleet.runs import report_for
+    from fleet.stores import open_store
+
+    store = open_store(_settings(args))
+    return _emit_report(report_for(store, args.run_id), args)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from fleet.jobs import cancel_run
+    from fleet.stores import open_store
+
+    store = open_store(_settings(args))
+    run = store.get_run(args.run_id)
+    if cancel_run(store, args.run_id):
+        print(f"fleet: run {args.run_id} cancelled; hosts not yet started will not run")
+        return EXIT_OK
+    print(f"fleet: run {args.run_id} is already {run.state}; nothing to cancel", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.is_embedded:
+        raise UsageError(
+            "no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) to run a worker"
+        )
+    from fleet.celery import app
+
+    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency), "-l", args.loglevel]
+    argv += ["-P", "threads", "--prefetch-multiplier", "1", "-E"]
+    if args.hostname:
+        argv += ["-n", args.hostname]
+    app.worker_main(argv=argv)
+    return EXIT_OK

@@ -1,0 +1,217 @@
+"""Submitting a run as a Celery canvas, following its progress, cancelling it.
+
+`submit_run` records the run first and publishes one chord: one `run_on_host` task
+per host, routed to the host's queue, closed by `aggregate`. `follow_run` reads the
+run's progress events from the store until every host has a status; past the run's
+deadline it finishes the run itself, so a lost chord never leaves the caller waiting.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet.errors import BackendError, UsageError
+from fleet.execute import ExecOptions
+from fleet.hosts import DEFAULT_QUEUE, Host
+from fleet.jobs import finalize_run
+from fleet.results import RunRecord, RunReport, utc_now
+from fleet.settings import Settings, redact_url
+from fleet.store_api import RunStore
+
+#: The broker redelivers unacked messages after 12 h (celeryconfig): no run may outlast that.
+MAX_DEADLINE_S = 11 * 3600
+#: Slots assumed when sizing a default deadline for many hosts.
+ASSUMED_SLOTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    command: str
+    pattern: str
+    hosts: tuple[Host, ...]
+    options: ExecOptions
+    deadline_s: float | None = None  # None: derived from the timeouts and the host count
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    started: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+
+def new_run_id() -> str:
+    """Sortable by time, short enough to type: 20261123-221807-3fa9c2."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def default_deadline(options: ExecOptions, host_count: int) -> float:
+    per_host = options.connect_timeout + options.auth_timeout + options.command_timeout
+    waves = max(1, math.ceil(host_count / ASSUMED_SLOTS))
+    return per_host * waves + 60.0
+
+
+def task_host(host: Host) -> dict[str, Any]:
+    """The host as it travels in a task message: connection values only, no free vars."""
+    data = host.to_dict()
+    data.pop("vars", None)
+    return data
+
+
+def queue_for(host: Host, *, embedded: bool) -> str:
+    # The in-process worker consumes one queue; routing matters only across machines.
+    return DEFAULT_QUEUE if embedded else (host.queue or DEFAULT_QUEUE)
+
+
+def submit_run(
+    store: RunStore, request: RunRequest, *, settings: Settings, run_id: str | None = None
+) -> RunRecord:
+    """Record the run and publish its canvas. Raises `BackendError`, `UsageError`."""
+    from celery import chord, group
+
+    from fleet.celery import app
+    from fleet.tasks import aggregate, run_on_host
+
+    if not request.hosts:
+        raise UsageError("no hosts to run on")
+    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
+    if deadline_s > MAX_DEADLINE_S:
+        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
+    embedded = settings.is_embedded
+    if not embedded:
+        check_broker(app, settings)
+    run = RunRecord(
+        run_id=run_id or new_run_id(),
+        command=request.command,
+        pattern=request.pattern,
+        hosts=tuple(h.name for h in request.hosts),
+        created_at=utc_now(),
+        deadline=time.time() + deadline_s,
+        user=_who(),
+        options=request.options.to_dict(),
+    )
+    store.create_run(run, request.hosts)
+    expires = datetime.fromtimestamp(run.deadline, UTC)
+    options = request.options.to_dict()
+    members = [
+        run_on_host.s(run.run_id, task_host(h), request.command, options).set(
+            queue=queue_for(h, embedded=embedded), expires=expires
+        )
+        for h in request.hosts
+    ]
+    callback = aggregate.s(run.run_id).set(queue=DEFAULT_QUEUE, expires=expires)
+    try:
+        chord(group(members), callback).apply_async()
+    except Exception as exc:
+        # Whatever was published before the failure must not run: a cancelled run refuses.
+        store.set_state(run.run_id, "cancelled")
+        raise BackendError(
+            f"broker at {redact_url(settings.broker_url or '')} failed while publishing "
+            f"run {run.run_id}: {exc}; the run was cancelled"
+        ) from exc
+    return run
+
+
+def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
+    """Raise `BackendError` within about `timeout` seconds if the broker cannot be reached."""
+    url = redact_url(settings.broker_url or "")
+    try:
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except Exception as exc:
+        raise BackendError(f"broker at {url} unreachable: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _who() -> str:
+    try:
+        return f"{getpass.getuser()}@{os.uname().nodename}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def follow_run(
+    store: RunStore,
+    run_id: str,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
+    poll_ms: int = 250,
+) -> RunReport | None:
+    """Follow a run until every host has a status; return its report.
+
+    Resumable: it starts from the results already stored. Past the run's deadline it
+    finishes the run itself (hosts without a result become `lost`). Returns None if
+    `timeout` passes first.
+    """
+    started = time.monotonic()
+    run = store.get_run(run_id)
+    created = _epoch(run.created_at)
+    # Events replay from the start, so a follower that attaches late (or again) counts right.
+    counts: dict[str, int] = {}
+    started_hosts = 0
+    last_event = "0"
+    while True:
+        report = store.load_report(run_id)
+        if report is not None and report.is_complete:
+            return report
+        if sum(counts.values()) >= len(run.hosts) or time.time() >= run.deadline:
+            report = finalize_run(store, run_id)
+            if report is not None:
+                return report
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return None
+        for event_id, event in store.events(run_id, after=last_event, block_ms=poll_ms):
+            last_event = event_id
+            kind = event.get("type")
+            if kind == "result":
+                status = event.get("status", "")
+                counts[status] = counts.get(status, 0) + 1
+            elif kind == "started":
+                started_hosts += 1
+        if on_progress is not None:
+            on_progress(
+                Progress(
+                    total=len(run.hosts),
+                    counts=dict(counts),
+                    started=started_hosts,
+                    elapsed_s=max(0.0, time.time() - created),
+                )
+            )
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def report_for(store: RunStore, run_id: str) -> RunReport:
+    """The run's report: final if finished, else what is known so far (`fleet report`)."""
+    report = store.load_report(run_id)
+    if report is not None and report.is_complete:
+        return report
+    final = finalize_run(store, run_id)
+    if final is not None:
+        return final
+    run = store.get_run(run_id)
+    return RunReport.assemble(run, list(store.results(run_id).values()))
+
