@@ -1,0 +1,106 @@
+"""The run store's interface, free of any backend import.
+
+Two implementations: `fleet.store.RedisRunStore` (distributed mode, the only module
+that imports redis) and `fleet.sqlite_store.SqliteRunStore` (embedded mode). Code
+that only needs "a run store" imports this module, so embedded mode never loads redis.
+
+Every method raises `BackendError` when the store cannot be reached or fails;
+`get_run` raises `RunNotFoundError` for an unknown or expired run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from fleet.hosts import Host
+from fleet.results import HostResult, RunRecord, RunReport
+
+#: Run states. A run is created `running`; `finished` or `cancelled` end it.
+RUNNING = "running"
+FINISHED = "finished"
+CANCELLED = "cancelled"
+
+
+def not_found_message(run_id: str, retention: int) -> str:
+    """The one wording of "no such run", shared by both stores."""
+    days = retention / 86400
+    age = f"{days:g} days" if days >= 1 else f"{retention} seconds"
+    return f"run {run_id!r} not found (expired after {age}, or never existed)"
+
+
+def result_event(result: HostResult) -> dict[str, str]:
+    """The progress event `save_result` appends when it stores a result."""
+    return {"type": "result", "host": result.host, "status": result.status.value}
+
+
+class RunStore(Protocol):
+    """Run records, per-host claims and results, progress events and reports."""
+
+    def ping(self) -> None:
+        """Raise `BackendError` (within a few seconds) if the store is unreachable."""
+
+    def check_server(self) -> str | None:
+        """A warning about the server's configuration worth logging, or None."""
+
+    def create_run(self, run: RunRecord, hosts: Sequence[Host]) -> None:
+        """Record a new run and the `Host` values it targets."""
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run record. Raises `RunNotFoundError` (expired or unknown)."""
+
+    def run_hosts(self, run_id: str) -> tuple[Host, ...]:
+        """The `Host` values given to `create_run`, in order (empty if unknown)."""
+
+    def claim_host(self, run_id: str, host: str, worker: str) -> bool:
+        """Atomically claim a host for this run: True for the first claimer only, ever."""
+
+    def claimed_hosts(self, run_id: str, hosts: Sequence[str]) -> set[str]:
+        """Which of `hosts` have been claimed in this run."""
+
+    def is_live(self, run_id: str, now: float | None = None) -> bool:
+        """True if the run exists, is `running` and its deadline has not passed."""
+
+    def set_state(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        expected: str = RUNNING,
+        finished_at: str | None = None,
+    ) -> bool:
+        """Compare-and-set the run's state; True if it was `expected` and is now `state`."""
+
+    def save_result(self, run_id: str, result: HostResult) -> bool:
+        """Store a host's result unless one is stored (first write wins).
+
+        When stored, also appends the progress event `result_event(result)`.
+        Returns whether it was stored.
+        """
+
+    def results(self, run_id: str) -> dict[str, HostResult]:
+        """Every stored result of the run, by host name."""
+
+    def add_event(self, run_id: str, event: Mapping[str, str]) -> str:
+        """Append a progress event; returns its id."""
+
+    def events(
+        self, run_id: str, after: str = "0", block_ms: int = 0, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Events with an id after `after` ("0": from the start), oldest first.
+
+        With `block_ms` > 0, waits up to that long for one to arrive (the wait may
+        be capped by the backend's socket timeout; an empty list is not an end).
+        """
+
+    def save_report(self, report: RunReport) -> None:
+        """Store (or replace) the run's report."""
+
+    def load_report(self, run_id: str) -> RunReport | None:
+        """The stored report, or None."""
+
+    def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
+        """The most recent runs, newest first; with `host`, only runs that targeted it."""
+
+    def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
