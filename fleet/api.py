@@ -1,0 +1,78 @@
+"""The Python API, for programs (a web app's view, a script)::
+
+    import fleet
+    handle = fleet.run("uptime", "web", inventory="inventory.yaml", timeout=30)
+    report = handle.wait()
+    for result in report.failed:
+        print(result.host, result.status, result.error)
+
+Raises the same typed errors as the CLI reports (`fleet.errors`): `InventoryError`,
+`PatternError`, `BackendError`. Host trouble is never raised: it is in the report
+(`report.raise_on_error()` opts in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from fleet.execute import ExecOptions
+from fleet.inventory import load_inventory
+from fleet.results import RunReport
+from fleet.runs import RunRequest, report_for
+from fleet.session import RunSession
+from fleet.settings import Settings
+
+
+class RunHandle:
+    """A submitted run. In embedded mode its in-process worker lives until `wait()` returns."""
+
+    def __init__(self, session: RunSession, run_id: str) -> None:
+        self._session = session
+        self.run_id = run_id
+
+    def wait(self, timeout: float | None = None) -> RunReport | None:
+        """Block until every host has a status; None if `timeout` passes first."""
+        report = self._session.follow(self.run_id, timeout=timeout)
+        if report is not None:
+            self._session.close()
+        return report
+
+    def report(self) -> RunReport:
+        """The report as it stands now (complete once the run is finished)."""
+        return report_for(self._session.store, self.run_id)
+
+    def cancel(self) -> bool:
+        return self._session.cancel(self.run_id)
+
+
+def run(
+    command: str,
+    pattern: str,
+    *,
+    inventory: str | Path | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    deadline: float | None = None,
+    accept_new_host_keys: bool | None = None,
+    sudo: bool = False,
+    env: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+) -> RunHandle:
+    """Submit `command` on the hosts `pattern` selects; return a handle to wait on."""
+    settings = settings or Settings.load(
+        inventory=str(inventory) if inventory is not None else None,
+        command_timeout=timeout,
+        connect_timeout=connect_timeout,
+        deadline=deadline,
+        accept_new_host_keys=accept_new_host_keys,
+    )
+    hosts = load_inventory(settings.inventory).select(pattern)
+    options = ExecOptions.from_settings(settings, become=True if sudo else None, env=dict(env or {}))
+    session = RunSession(settings).__enter__()
+    try:
+        record = session.submit(RunRequest(command, pattern, hosts, options, settings.deadline))
+    except BaseException:
+        session.close()
+        raise
+    return RunHandle(session, record.run_id)
