@@ -1,0 +1,339 @@
+"""The run store on Redis: the only module of fleet that imports redis.
+
+Key layout and Lua scripts live in `fleet.store_keys`. Every redis exception is
+caught here and re-raised as `BackendError` naming the store's URL, redacted.
+
+Retries: the client retries connection errors with a short backoff, so a Redis
+restart of a second or two is ridden out. A retried write may have landed the
+first time; every write here is either idempotent (HSETNX, compare-and-set) or
+errs on the safe side (a retried claim reads as "taken", so the host is reported
+`interrupted` rather than run twice; a retried event may appear twice).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from fleet import store_keys as keys
+from fleet.errors import BackendError, ConfigError, RunNotFoundError
+from fleet.hosts import Host
+from fleet.results import HostResult, RunRecord, RunReport
+from fleet.settings import DAY, redact_url
+from fleet.store_api import RUNNING, not_found_message, result_event
+
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+HEALTH_CHECK_INTERVAL = 15
+RETRIES = 5  # with the backoff below: about 2.5 s of retrying, enough for a restart
+PING_TIMEOUT = 2.0
+LIST_BATCH = 100
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _describe(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+
+
+class RedisRunStore:
+    """Run records, claims, results, progress events and reports in Redis.
+
+    `client` may be any `redis.Redis` (decoded responses or not). `from_url`
+    builds one with fleet's timeouts and retry policy.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "fleet",
+        retention: int = 7 * DAY,
+        url_for_messages: str | None = None,
+        ping_client: redis.Redis | None = None,
+    ) -> None:
+        self._client = client
+        self._ping_client = ping_client or client
+        self._prefix = prefix
+        self._retention = int(retention)
+        self._url = redact_url(url_for_messages) if url_for_messages else _describe(client)
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking XREAD longer than the socket timeout would read as a dead server.
+        self._max_block_ms = int((timeout - 1.0) * 1000) if timeout and timeout > 1.0 else 0
+        self._set_state = client.register_script(keys.SET_STATE_LUA)
+        self._add_event = client.register_script(keys.ADD_EVENT_LUA)
+        self._save_result = client.register_script(keys.SAVE_RESULT_LUA)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "fleet", retention: int = 7 * DAY
+    ) -> RedisRunStore:
+        """A store on the Redis at `url`. Raises `ConfigError` if the URL is not a Redis URL.
+
+        Connecting is lazy: call `ping()` to find out early whether the server answers.
+        """
+        common: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT,
+                health_check_interval=HEALTH_CHECK_INTERVAL,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
+                **common,
+            )
+            # ping fails fast: no retries, a short read timeout.
+            ping_client = redis.Redis.from_url(
+                url, socket_timeout=PING_TIMEOUT, retry=Retry(NoBackoff(), 0), **common
+            )
+        except ValueError as exc:
+            raise ConfigError(f"run store URL {redact_url(url)}: {exc}") from exc
+        return cls(
+            client,
+            prefix=prefix,
+            retention=retention,
+            url_for_messages=url,
+            ping_client=ping_client,
+        )
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendError(f"run store at {self._url} unreachable: {_reason(exc)}") from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"run store at {self._url} failed: {_reason(exc)}") from exc
+
+    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
+        if run_id and not keys.is_valid_run_id(run_id):
+            # Such an id was never created, and it could spell another run's key.
+            raise RunNotFoundError(not_found_message(run_id, self._retention))
+        return keys.key(self._prefix, kind, run_id, host)
+
+    def ping(self) -> None:
+        with self._guard():
+            self._ping_client.ping()
+
+    def check_server(self) -> str | None:
+        """A warning when the server may evict keys (which breaks Celery and loses runs)."""
+        with self._guard():
+            try:
+                config = self._client.config_get("maxmemory-policy")
+            except redis.ResponseError:
+                return None  # CONFIG disabled (managed Redis): nothing to check with
+        policy = _text(next(iter(config.values()), "")) if config else ""
+        if policy and policy != "noeviction":
+            return (
+                f"redis at {self._url} has maxmemory-policy {policy!r}: it may evict queued "
+                "tasks, chord state and run records; set it to 'noeviction'"
+            )
+        return None
+
+    def create_run(self, run: RunRecord, hosts: Sequence[Host]) -> None:
+        if not keys.is_valid_run_id(run.run_id):
+            raise ConfigError(f"invalid run id {run.run_id!r}")
+        ttl = self._retention
+        created = keys.epoch(run.created_at)
+        cutoff = time.time() - ttl
+        run_key = self._key("run", run.run_id)
+        with self._guard():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(run_key)
+            pipe.hset(
+                run_key,
+                mapping={
+                    "record": keys.dumps(run.to_dict()),
+                    "state": run.state,
+                    "finished_at": run.finished_at or "",
+                    "deadline": repr(run.deadline),
+                    "hosts": keys.hosts_json(hosts),
+                    "events_max": keys.events_bound(len(run.hosts)),
+                },
+            )
+            pipe.expire(run_key, ttl)
+            indexes = [self._key("runs")]
+            indexes += [self._key("host_runs", host=name) for name in dict.fromkeys(run.hosts)]
+            for index in indexes:
+                pipe.zadd(index, {run.run_id: created})
+                pipe.zremrangebyscore(index, "-inf", f"({cutoff}")
+                pipe.expire(index, ttl)
+            pipe.execute()
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._guard():
+            raw = self._client.hmget(self._key("run", run_id), ["record", "state", "finished_at"])
+        run = self._decode_run(raw)
+        if run is None:
+            raise RunNotFoundError(not_found_message(run_id, self._retention))
+        return run
+
+    @staticmethod
+    def _decode_run(raw: Sequence[Any]) -> RunRecord | None:
+        record, state, finished_at = raw
+        if record is None:
+            return None
+        data = json.loads(_text(record))
+        data["state"] = _text(state)
+        data["finished_at"] = _text(finished_at) if finished_at else None
+        return RunRecord.from_dict(data)
+
+    def run_hosts(self, run_id: str) -> tuple[Host, ...]:
+        with self._guard():
+            raw = self._client.hget(self._key("run", run_id), "hosts")
+        return keys.hosts_from_json(_text(raw)) if raw else ()
+
+    def claim_host(self, run_id: str, host: str, worker: str) -> bool:
+        with self._guard():
+            taken = self._client.set(
+                self._key("claim", run_id, host), worker, nx=True, ex=self._retention
+            )
+        return bool(taken)
+
+    def claimed_hosts(self, run_id: str, hosts: Sequence[str]) -> set[str]:
+        names = list(dict.fromkeys(hosts))
+        if not names:
+            return set()
+        with self._guard():
+            found = self._client.exists(*[self._key("claim", run_id, n) for n in names])
+            if found == 0:
+                return set()
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(self._key("claim", run_id, name))
+            flags = pipe.execute()
+        return {name for name, flag in zip(names, flags, strict=True) if flag}
+
+    def is_live(self, run_id: str, now: float | None = None) -> bool:
+        if not keys.is_valid_run_id(run_id):
+            return False
+        with self._guard():
+            state, deadline = self._client.hmget(self._key("run", run_id), ["state", "deadline"])
+        if state is None or _text(state) != RUNNING or deadline is None:
+            return False
+        now = time.time() if now is None else now
+        return now < float(_text(deadline))
+
+    def set_state(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        expected: str = RUNNING,
+        finished_at: str | None = None,
+    ) -> bool:
+        if not keys.is_valid_run_id(run_id):
+            return False
+        with self._guard():
+            changed = self._set_state(
+                keys=[self._key("run", run_id)], args=[expected, state, finished_at or ""]
+            )
+        return bool(changed)
+
+    def save_result(self, run_id: str, result: HostResult) -> bool:
+        fields = [x for pair in result_event(result).items() for x in pair]
+        with self._guard():
+            event_id = self._save_result(
+                keys=[
+                    self._key("run", run_id),
+                    self._key("results", run_id),
+                    self._key("events", run_id),
+                ],
+                args=[self._retention, result.host, keys.dumps(result.to_dict()), *fields],
+            )
+        return event_id is not None
+
+    def results(self, run_id: str) -> dict[str, HostResult]:
+        with self._guard():
+            raw = self._client.hgetall(self._key("results", run_id))
+        return {_text(h): HostResult.from_dict(json.loads(_text(v))) for h, v in raw.items()}
+
+    def add_event(self, run_id: str, event: Mapping[str, str]) -> str:
+        if not event:
+            raise ValueError("an event needs at least one field")
+        fields = [x for pair in event.items() for x in (str(pair[0]), str(pair[1]))]
+        with self._guard():
+            event_id = self._add_event(
+                keys=[self._key("run", run_id), self._key("events", run_id)],
+                args=[self._retention, *fields],
+            )
+        return _text(event_id)
+
+    def events(
+        self, run_id: str, after: str = "0", block_ms: int = 0, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        # XREAD's BLOCK 0 means "forever"; here 0 means "do not wait".
+        block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
+        if block == 0:
+            block = None
+        with self._guard():
+            answer = self._client.xread(
+                {self._key("events", run_id): after}, count=count, block=block
+            )
+        if not answer:
+            return []
+        reply = cast(Any, answer)  # redis-py's stubs do not describe XREAD's shape
+        # RESP2 answers a list of [stream, entries]; RESP3 a dict of stream -> entries.
+        streams = reply.values() if isinstance(reply, dict) else [s[1] for s in reply]
+        out: list[tuple[str, dict[str, str]]] = []
+        for entries in streams:
+            for entry_id, data in entries:
+                out.append((_text(entry_id), {_text(k): _text(v) for k, v in data.items()}))
+        return out
+
+    def save_report(self, report: RunReport) -> None:
+        with self._guard():
+            self._client.set(
+                self._key("report", report.run.run_id),
+                keys.dumps(report.to_dict()),
+                ex=self._retention,
+            )
+
+    def load_report(self, run_id: str) -> RunReport | None:
+        with self._guard():
+            raw = self._client.get(self._key("report", run_id))
+        return RunReport.from_dict(json.loads(_text(raw))) if raw else None
+
+    def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
+        index = self._key("runs") if host is None else self._key("host_runs", host=host)
+        cutoff = time.time() - self._retention
+        runs: list[RunRecord] = []
+        start = 0
+        with self._guard():
+            while len(runs) < limit:
+                ids = self._client.zrevrangebyscore(
+                    index, "+inf", cutoff, start=start, num=LIST_BATCH
+                )
+                if not ids:
+                    break
+                start += len(ids)
+                pipe = self._client.pipeline(transaction=False)
+                for run_id in ids:
+                    pipe.hmget(self._key("run", _text(run_id)), ["record", "state", "finished_at"])
+                for raw in pipe.execute():
+                    run = self._decode_run(raw)
+                    if run is not None:  # expired since it was indexed
+                        runs.append(run)
+        return runs[:limit]
+
+    def close(self) -> None:
+        self._client.close()
+        if self._ping_client is not self._client:
+            self._ping_client.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,116 @@
+"""Redis key names, value encodings and Lua scripts of the run store (no redis import).
+
+Layout, every key under one prefix and every key with a TTL (the retention)::
+
+    {prefix}:run:{id}                hash: record (JSON RunRecord), state, finished_at,
+                                     deadline, hosts (JSON list of Host dicts), events_max
+    {prefix}:run:{id}:results        hash: host name -> JSON HostResult (first write wins)
+    {prefix}:run:{id}:events         stream of progress events (approximate MAXLEN)
+    {prefix}:run:{id}:report         string: JSON RunReport
+    {prefix}:claim:{id}:{hexhost}    string: the worker that claimed the host
+    {prefix}:runs                    sorted set: run id scored by creation time
+    {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
+
+Host names may hold ``:``, ``/``, ``[`` and the like, so they appear in key names
+only hex-encoded; run ids are checked against `RUN_ID_RE` so that no id can
+spell another run's key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from fleet.hosts import Host
+
+KeyKind = Literal["run", "results", "events", "report", "claim", "runs", "host_runs"]
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+#: Progress events kept per run at least; a run with many hosts keeps more.
+MIN_EVENTS = 10_000
+EVENTS_PER_HOST = 10
+
+
+def key(prefix: str, kind: KeyKind, run_id: str = "", host: str = "") -> str:
+    """The one place a key name is spelled."""
+    if kind == "runs":
+        return f"{prefix}:runs"
+    if kind == "host_runs":
+        return f"{prefix}:host:{host_token(host)}:runs"
+    if kind == "claim":
+        return f"{prefix}:claim:{run_id}:{host_token(host)}"
+    if kind == "run":
+        return f"{prefix}:run:{run_id}"
+    return f"{prefix}:run:{run_id}:{kind}"
+
+
+def host_token(host: str) -> str:
+    """A host name made safe for a key: hex of its UTF-8 bytes (reversible, never ambiguous)."""
+    return host.encode("utf-8", "surrogatepass").hex()
+
+
+def is_valid_run_id(run_id: str) -> bool:
+    return RUN_ID_RE.fullmatch(run_id) is not None
+
+
+def events_bound(host_count: int) -> int:
+    """The approximate MAXLEN of a run's event stream: well above its host count."""
+    return max(MIN_EVENTS, EVENTS_PER_HOST * host_count)
+
+
+def epoch(iso: str) -> float:
+    """Epoch seconds of an ISO timestamp (the score in the time indexes)."""
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def dumps(value: Any) -> str:
+    # default=str: user host vars from YAML may hold dates; they come back as strings.
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def hosts_json(hosts: Sequence[Host]) -> str:
+    return dumps([h.to_dict() for h in hosts])
+
+
+def hosts_from_json(text: str) -> tuple[Host, ...]:
+    return tuple(Host.from_dict(d) for d in json.loads(text))
+
+
+# KEYS[1] run hash. ARGV: expected state, new state, finished_at ("" to leave it).
+SET_STATE_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+end
+return 1
+"""
+
+# KEYS: run hash, events stream. ARGV: retention, then field/value pairs.
+# The bound comes from the run (its host count), so callers need not know it.
+ADD_EVENT_LUA = f"""
+local bound = tonumber(redis.call('HGET', KEYS[1], 'events_max') or '') or {MIN_EVENTS}
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', bound, '*', unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return id
+"""
+
+# KEYS: run hash, results hash, events stream. ARGV: retention, host, result JSON,
+# then the event's field/value pairs. Storing and announcing are one step, so a
+# follower never sees a result event without its result, nor a result twice.
+SAVE_RESULT_LUA = f"""
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
+  return false
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local bound = tonumber(redis.call('HGET', KEYS[1], 'events_max') or '') or {MIN_EVENTS}
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', bound, '*', unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return id
+"""
