@@ -1,0 +1,145 @@
+"""Child processes of the harness, recorded by PID and always stopped by PID.
+
+Every server the harness starts goes through `spawn`, which registers the `Popen`;
+an atexit hook stops whatever is still registered, so a crashed or interrupted test
+session leaves no sshd, redis-server or worker behind. Each child gets its own
+session (process group), so stopping it also ends the children it forked (sshd's
+per-connection processes, a Celery worker's pool).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+_lock = threading.Lock()
+_live: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    with _lock:
+        _live[proc.pid] = proc
+    return proc
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    # The child leads its own session, so its PID is the process group id. Only signal
+    # it while the Popen has not reaped it: after that the PID may belong to someone else.
+    if proc.poll() is not None:
+        # The leader is gone but its forked children may live on in the group.
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the process and its group at once (no grace period)."""
+    _signal_group(proc, sig)
+    if sig == signal.SIGKILL:
+        _reap(proc, 5.0)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM the process group, wait up to `timeout`, then SIGKILL it; forget the PID."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc, signal.SIGKILL)
+    _reap(proc, timeout)
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return
+    with _lock:
+        _live.pop(proc.pid, None)
+
+
+def stop_all() -> None:
+    """Stop every process still registered (the atexit guard; also safe to call early)."""
+    with _lock:
+        procs = list(_live.values())
+    for proc in procs:
+        stop(proc, timeout=3.0)
+
+
+atexit.register(stop_all)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing is bound to on `address` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(address: str, port: int, reuse: bool = False) -> bool:
+    """True if `port` can be bound on `address` (`reuse`: ignore TIME_WAIT leftovers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll `predicate()` until it is true; raise `TimeoutError` naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
