@@ -151,7 +151,10 @@ class RedisRunStore:
         run_key = self._key("run", run.run_id)
         with self._guard():
             pipe = self._client.pipeline(transaction=True)
-            pipe.delete(run_key)
+            # A run id created again starts afresh: no results, events or claims of before.
+            stale = [self._key(k, run.run_id) for k in ("results", "events", "report")]
+            stale += [self._key("claim", run.run_id, name) for name in run.hosts]
+            pipe.delete(run_key, *stale)
             pipe.hset(
                 run_key,
                 mapping={
