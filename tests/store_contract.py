@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -211,8 +212,8 @@ class StoreContract:
 
     def test_list_runs_newest_first_with_host_filter(self, store: RunStore) -> None:
         web, db = make_hosts("web01"), make_hosts(COLON_HOST)
-        base = time.time() - 100
-        iso = [time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base + i)) + "+00:00" for i in range(4)]
+        base = datetime.now(UTC) - timedelta(seconds=100)
+        iso = [(base + timedelta(seconds=i)).isoformat() for i in range(4)]
         store.create_run(make_run("a", web, created_at=iso[0]), web)
         store.create_run(make_run("b", db, created_at=iso[1]), db)
         store.create_run(make_run("c", web + db, created_at=iso[2]), web + db)

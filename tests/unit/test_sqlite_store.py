@@ -68,7 +68,7 @@ def test_retention_is_applied_on_open(tmp_path: Path) -> None:
 
 def test_sqlite_errors_are_backend_errors(tmp_path: Path) -> None:
     (tmp_path / "dir.sqlite3").mkdir()
-    with pytest.raises(BackendError, match="dir.sqlite3"):
+    with pytest.raises(BackendError, match=r"dir\.sqlite3"):
         SqliteRunStore(tmp_path / "dir.sqlite3")
     store = SqliteRunStore(tmp_path / "ok.sqlite3")
     store.close()
