@@ -10,6 +10,7 @@ per-connection processes, a Celery worker's pool).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -47,22 +48,13 @@ def spawn(
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    # The child leads its own session, so its PID is the process group id. Only signal
-    # it while the Popen has not reaped it: after that the PID may belong to someone else.
-    if proc.poll() is not None:
-        # The leader is gone but its forked children may live on in the group.
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-    try:
+    # The child leads its own session, so its PID is its process group id; the group
+    # also holds what it forked (which may outlive the leader, so signal it regardless).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
 
 
 def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -75,10 +67,8 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM the process group, wait up to `timeout`, then SIGKILL it; forget the PID."""
     _signal_group(proc, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
     _signal_group(proc, signal.SIGKILL)
     _reap(proc, timeout)
 

@@ -159,8 +159,9 @@ class SSHDProcess:
     def launch(self) -> None:
         """Start sshd without waiting (see `wait_ready`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Privilege separation directory, required by sshd when run as root.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        if os.geteuid() == 0:
+            # Privilege separation directory, required by sshd when run as root.
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.config_path.write_text(self._config())
         argv = [_sshd_binary(), "-D", "-f", str(self.config_path), "-E", str(self.log_path)]
         self._proc = procs.spawn(argv, self.dir / "sshd.stdout")
