@@ -27,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,3 +359,7 @@ def write_inventory(
         entry["vars"] = dict(extra_vars)
     path.write_text(yaml.safe_dump({"groups": {group: entry}}, sort_keys=False))
     return path
+
+
+#: The `make_ssh_fleet` fixture: ``make_ssh_fleet(count, own_key=(...)) -> SSHFleet``.
+MakeFleet = Callable[..., SSHFleet]

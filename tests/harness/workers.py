@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tests.harness import procs
@@ -126,3 +126,7 @@ class CeleryWorker:
 
     def __repr__(self) -> str:
         return f"CeleryWorker({self.node_name}, queues={self.queues}, running={self.is_running})"
+
+
+#: The `start_worker` fixture: ``start_worker(queues=..., name=..., concurrency=..., env=...)``.
+StartWorker = Callable[..., CeleryWorker]

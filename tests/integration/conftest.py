@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ import pytest
 from tests.harness import procs
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
-from tests.harness.sshd import SSHFleet
+from tests.harness.sshd import MakeFleet, SSHFleet
 from tests.harness.stubs import BannerStaller, Endpoint, HungListener
 from tests.harness.stubs import refused_port as _refused
-from tests.harness.workers import CeleryWorker, celery_app_present
+from tests.harness.workers import CeleryWorker, StartWorker, celery_app_present
 
 # Read once at import: the autouse fixture clears FLEET_* variables for each test.
 REQUIRE_SERVICES = bool(os.environ.get("CI")) or os.environ.get("FLEET_REQUIRE_INTEGRATION") == "1"
@@ -98,9 +98,6 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHFleet]:
         fleet.stop()
 
 
-MakeFleet = Callable[..., SSHFleet]
-
-
 @pytest.fixture
 def make_ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeFleet]:
     """`make_ssh_fleet(n, own_key=("h09",))`: a private fleet of `n` hosts, stopped after
@@ -151,9 +148,6 @@ def banner_staller() -> Iterator[BannerStaller]:
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
     return Ledger(tmp_path / "ledger")
-
-
-StartWorker = Callable[..., CeleryWorker]
 
 
 @pytest.fixture
