@@ -1,0 +1,188 @@
+"""`connection: local`: run on the worker itself, through a subprocess.
+
+Same bounds and the same result shape as SSH: stdin closed, both streams drained
+together and capped, a wall-time deadline. The command runs in its own process
+group so a timeout can end it and everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from fleet.errors import ConfigError
+from fleet.execute import CappedBuffer, Clock, ExecOptions, build_invocation
+from fleet.hosts import Host
+from fleet.results import HostResult, Status
+
+_KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+
+
+def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
+    """Run `command` in a subprocess on this machine. Never raises for the command's trouble."""
+    clock = Clock()
+    try:
+        invocation = build_invocation(host, command, options)
+    except ConfigError as exc:
+        return clock.result(host, Status.ERROR, error=str(exc))
+    stdin_data = _sudo_password(invocation.sudo_password_env)
+    if isinstance(stdin_data, str):
+        return clock.result(host, Status.ERROR, error=stdin_data)
+    env = {**os.environ, **host.env, **options.env}
+    try:
+        proc = subprocess.Popen(
+            list(invocation.argv),
+            stdin=subprocess.PIPE if stdin_data else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return clock.result(host, Status.ERROR, error=f"cannot start the command: {exc}")
+    if stdin_data and proc.stdin is not None:
+        # OSError: the command ended or closed stdin; it never wanted the password.
+        with contextlib.suppress(OSError):
+            proc.stdin.write(stdin_data)
+        proc.stdin.close()
+    stdout = CappedBuffer(options.output_cap)
+    stderr = CappedBuffer(options.output_cap)
+    timed_out = _drain(proc, stdout, stderr, time.monotonic() + options.command_timeout)
+    kill_confirmed: bool | None = None
+    note = ""
+    if timed_out:
+        kill_confirmed = _kill_group(proc)
+        note = (
+            f"process group {proc.pid} killed"
+            if kill_confirmed
+            else f"could not confirm that process group {proc.pid} ended"
+        )
+    exit_code = None if timed_out else proc.wait()
+    if exit_code is not None and exit_code < 0:
+        exit_code = 128 - exit_code  # a signal, as a shell reports it
+    return clock.finished(
+        host,
+        exit_code=exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        timeout=options.command_timeout,
+        kill_confirmed=kill_confirmed,
+        kill_note=note,
+    )
+
+
+def _sudo_password(env_name: str | None) -> bytes | str | None:
+    """The sudo password as bytes for stdin, or an error message; never the value in it."""
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if value is None:
+        return f"become_password_env names {env_name!r}, which is not set on the worker"
+    return value.encode() + b"\n"
+
+
+def _drain(
+    proc: subprocess.Popen[bytes], stdout: CappedBuffer, stderr: CappedBuffer, deadline: float
+) -> bool:
+    """Read both pipes until both close or the deadline passes. True if it passed."""
+    selector = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    selector.register(proc.stdout, selectors.EVENT_READ, stdout)
+    selector.register(proc.stderr, selectors.EVENT_READ, stderr)
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            for key, _ in selector.select(timeout=remaining):
+                data = os.read(key.fd, 65536)
+                if data:
+                    key.data.feed(data)
+                else:
+                    selector.unregister(key.fileobj)
+        # Both pipes closed; the process may still be exiting (or a child holds no pipe).
+        remaining = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=max(remaining, 0.0))
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+    finally:
+        selector.close()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> bool:
+    """End the command's whole process group; True once no process of it is left."""
+    pgid = proc.pid  # start_new_session: the child leads its own group
+    for sig, wait in ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, _KILL_GRACE)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            return False  # e.g. sudo's child runs as another user
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            proc.poll()
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.02)
+    proc.poll()
+    if proc.returncode is None:
+        try:
+            proc.wait(timeout=_KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            return False
+    return not _group_alive(pgid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def put_local(
+    host: Host, data: bytes | Path, remote_path: str, mode: int, options: ExecOptions
+) -> HostResult:
+    """Copy bytes or a file to `remote_path` on this machine, atomically, with `mode`."""
+    clock = Clock()
+    target = Path(remote_path)
+    tmp = target.with_name(f".{target.name}.fleet-{os.getpid()}")
+    try:
+        if isinstance(data, Path):
+            shutil.copyfile(data, tmp)
+        else:
+            tmp.write_bytes(data)
+        os.chmod(tmp, mode)
+        size = tmp.stat().st_size
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        return clock.result(host, Status.ERROR, error=f"cannot write {remote_path}: {exc.strerror}")
+    return clock.result(host, Status.OK, stdout=f"wrote {size} bytes to {remote_path}")
+
+
+def get_local(host: Host, remote_path: str, local_path: Path, options: ExecOptions) -> HostResult:
+    """Copy `remote_path` on this machine to `local_path`."""
+    clock = Clock()
+    try:
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(remote_path, local_path)
+        size = local_path.stat().st_size
+    except OSError as exc:
+        return clock.result(host, Status.ERROR, error=f"cannot read {remote_path}: {exc.strerror}")
+    return clock.result(host, Status.OK, stdout=f"read {size} bytes from {remote_path}")

@@ -1,0 +1,253 @@
+"""Opening one authenticated transport, every phase bounded, every failure in words.
+
+Phases: TCP connect (a socket we create, with TCP_NODELAY), SSH banner and key
+exchange, host key check, authentication. The socket and transport factories are
+injected so tests can script each failure kind without a network.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import paramiko
+
+from fleet.execute import ExecOptions
+from fleet.results import Status
+from fleet.ssh.errors import ConnectFailure
+from fleet.ssh.hostkeys import HostKeyPolicy, host_key_name
+from fleet.ssh.sshconfig import Target
+
+SocketFactory = Callable[[str, int, float], Any]
+TransportFactory = Callable[[Any], Any]
+AgentKeys = Callable[[], Sequence[paramiko.PKey]]
+
+_DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+_key_cache: dict[str, tuple[tuple[float, int], paramiko.PKey]] = {}
+_key_lock = threading.Lock()
+
+
+def open_tcp(address: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.create_connection((address, port), timeout=timeout)
+    # paramiko leaves Nagle on: every handshake round trip then waits on a delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def agent_keys() -> Sequence[paramiko.PKey]:
+    """Keys offered by ssh-agent (none when SSH_AUTH_SOCK is unset)."""
+    try:
+        return tuple(paramiko.Agent().get_keys())
+    except (paramiko.SSHException, OSError):
+        return ()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
+def tcp_failure(exc: BaseException, target: Target, timeout: float) -> ConnectFailure:
+    """An operator's words for a failed TCP connect."""
+    where = f"{target.address}:{target.port}"
+    if isinstance(exc, socket.gaierror):
+        return ConnectFailure(Status.UNREACHABLE, f"cannot resolve host name {target.address!r}")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ConnectFailure(
+            Status.UNREACHABLE, f"connect to {where} timed out after {_seconds(timeout)}"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailure(Status.UNREACHABLE, f"connection refused by {where}")
+    code = getattr(exc, "errno", None)
+    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return ConnectFailure(Status.UNREACHABLE, f"no route to {where}")
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return ConnectFailure(Status.UNREACHABLE, f"cannot connect to {where}: {detail}")
+
+
+class Connector:
+    """Makes authenticated transports; pass fakes for the factories in tests."""
+
+    def __init__(
+        self,
+        *,
+        socket_factory: SocketFactory = open_tcp,
+        transport_factory: TransportFactory = paramiko.Transport,
+        agent: AgentKeys = agent_keys,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._socket_factory = socket_factory
+        self._transport_factory = transport_factory
+        self._agent = agent
+        self._environ = os.environ if environ is None else environ
+
+    def open_socket(self, target: Target, options: ExecOptions) -> Any:
+        try:
+            return self._socket_factory(target.address, target.port, options.connect_timeout)
+        except OSError as exc:
+            raise tcp_failure(exc, target, options.connect_timeout) from None
+
+    def connect(self, target: Target, sock: Any, options: ExecOptions) -> Any:
+        """Handshake, host key check and login over `sock` (a socket or a jump channel).
+
+        Raises `ConnectFailure`; the socket and transport are closed when it does.
+        """
+        try:
+            transport = self._transport_factory(sock)
+        except Exception:
+            sock.close()
+            raise
+        try:
+            self._handshake(transport, target, options)
+            self._authenticate(transport, target, options)
+        except BaseException:
+            transport.close()
+            sock.close()
+            raise
+        return transport
+
+    def _handshake(self, transport: Any, target: Target, options: ExecOptions) -> None:
+        policy = HostKeyPolicy.from_paths(
+            options.known_hosts, options.user_known_hosts, options.accept_new_host_keys
+        )
+        name = host_key_name(target.address, target.port)
+        security = transport.get_security_options()
+        security.key_types = policy.preferred_algorithms(name, tuple(security.key_types))
+        timeout = options.connect_timeout
+        transport.banner_timeout = timeout
+        transport.handshake_timeout = timeout
+        done = threading.Event()
+        try:
+            transport.start_client(event=done)
+            if not done.wait(timeout):
+                if not getattr(transport, "remote_version", ""):
+                    raise ConnectFailure(
+                        Status.UNREACHABLE,
+                        f"no SSH banner within {_seconds(timeout)} "
+                        f"from {target.address}:{target.port}",
+                    )
+                raise ConnectFailure(
+                    Status.UNREACHABLE,
+                    f"SSH key exchange did not finish within {_seconds(timeout)}",
+                )
+            if not transport.is_active():
+                raise transport.get_exception() or paramiko.SSHException("negotiation failed")
+        except ConnectFailure:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise _handshake_failure(exc, target, timeout) from None
+        policy.verify(name, transport.get_remote_server_key())
+
+    def _authenticate(self, transport: Any, target: Target, options: ExecOptions) -> None:
+        deadline = time.monotonic() + options.auth_timeout
+        tried: list[str] = []
+        notes: list[str] = []
+
+        def attempt(label: str, call: Callable[[], object]) -> bool:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectFailure(
+                    Status.AUTH_FAILED,
+                    f"authentication as {target.user} did not finish within "
+                    f"{_seconds(options.auth_timeout)}",
+                )
+            transport.auth_timeout = remaining
+            tried.append(label)
+            try:
+                call()
+            except paramiko.BadAuthenticationType as exc:
+                notes.append(f"the host allows only {', '.join(exc.allowed_types)}")
+                return False
+            except paramiko.AuthenticationException as exc:
+                if "timeout" in str(exc).lower():
+                    raise ConnectFailure(
+                        Status.AUTH_FAILED,
+                        f"authentication as {target.user} did not finish within "
+                        f"{_seconds(options.auth_timeout)}",
+                    ) from None
+                return False
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectFailure(
+                    Status.UNREACHABLE,
+                    f"connection lost during authentication: {exc or type(exc).__name__}",
+                ) from None
+            return bool(transport.is_authenticated())
+
+        keys = list(target.identity_files)
+        if not keys:
+            keys = [p for p in map(os.path.expanduser, _DEFAULT_KEYS) if os.path.exists(p)]
+        for path in keys:
+            key = _load_key(path, notes)
+            if key is not None and attempt(f"key {path}", _pk(transport, target.user, key)):
+                return
+        agent = self._agent()
+        for key in agent:
+            if attempt("an agent key", _pk(transport, target.user, key)):
+                return
+        if target.password_env:
+            password = self._environ.get(target.password_env)
+            if password is None:
+                notes.append(f"password_env {target.password_env} is not set on the worker")
+            elif attempt(
+                "password", lambda: transport.auth_password(target.user, password, fallback=False)
+            ):
+                return
+        summary = ", ".join(dict.fromkeys(tried)) or "nothing (no key or password available)"
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        raise ConnectFailure(
+            Status.AUTH_FAILED,
+            f"authentication failed for {target.label}: tried {summary}{extra}",
+        )
+
+
+def _pk(transport: Any, user: str, key: paramiko.PKey) -> Callable[[], object]:
+    return lambda: transport.auth_publickey(user, key)
+
+
+def _load_key(path: str, notes: list[str]) -> paramiko.PKey | None:
+    """A private key, cached by (mtime, size); None (with a note) when unusable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        notes.append(f"key {path} not found")
+        return None
+    stamp = (st.st_mtime, st.st_size)
+    with _key_lock:
+        cached = _key_cache.get(path)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    try:
+        key = paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        notes.append(f"key {path} is encrypted and no passphrase is available")
+        return None
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        notes.append(f"key {path} cannot be read: {type(exc).__name__}")
+        return None
+    with _key_lock:
+        _key_cache[path] = (stamp, key)
+    return key
+
+
+def _handshake_failure(exc: BaseException, target: Target, timeout: float) -> ConnectFailure:
+    text = str(exc)
+    where = f"{target.address}:{target.port}"
+    if text.lower().strip() == "error reading ssh protocol banner":
+        return ConnectFailure(
+            Status.UNREACHABLE, f"no SSH banner within {_seconds(timeout)} from {where}"
+        )
+    if "banner" in text.lower():
+        return ConnectFailure(
+            Status.UNREACHABLE, f"{where} closed the connection before sending an SSH banner"
+        )
+    if isinstance(exc, EOFError | ConnectionResetError) or not text:
+        return ConnectFailure(
+            Status.UNREACHABLE, f"{where} closed the connection during SSH negotiation"
+        )
+    if isinstance(exc, OSError):
+        return tcp_failure(exc, target, timeout)
+    return ConnectFailure(Status.ERROR, f"SSH negotiation with {where} failed: {text}")

@@ -1,0 +1,139 @@
+"""Host key checking as OpenSSH does it, without ever trusting silently.
+
+Known keys come from the user's known_hosts and fleet's own file. An unknown key
+is rejected unless accept-new is on, in which case it is appended once (under a
+file lock, re-checked inside it, so concurrent threads and processes record it
+once). A changed key is always rejected, with both fingerprints.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+
+import paramiko
+
+from fleet.results import Status
+from fleet.ssh.errors import ConnectFailure
+
+_cache: dict[str, tuple[tuple[float, int], paramiko.HostKeys]] = {}
+_cache_lock = threading.Lock()
+
+# Server host key algorithms paramiko can negotiate for each known key type.
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def host_key_name(address: str, port: int) -> str:
+    """The known_hosts name OpenSSH uses: `addr`, or `[addr]:port` off port 22."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+def _load(path: str, *, fresh: bool = False) -> paramiko.HostKeys | None:
+    """Parsed file, cached by (mtime, size): big known_hosts files are parsed once."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp = (st.st_mtime, st.st_size)
+    if not fresh:
+        with _cache_lock:
+            cached = _cache.get(path)
+            if cached and cached[0] == stamp:
+                return cached[1]
+    keys = paramiko.HostKeys()
+    try:
+        keys.load(path)
+    except (OSError, paramiko.SSHException):
+        return None
+    with _cache_lock:
+        _cache[path] = (stamp, keys)
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeyPolicy:
+    """Which files to read, which to record new keys in, and whether to record at all."""
+
+    files: tuple[str, ...]
+    record_to: str | None
+    accept_new: bool = False
+
+    @classmethod
+    def from_paths(cls, own: str | None, user: str | None, accept_new: bool) -> HostKeyPolicy:
+        paths = [os.path.expanduser(p) for p in (user, own) if p and p.lower() != "none"]
+        record = own or user
+        return cls(
+            tuple(dict.fromkeys(paths)),
+            os.path.expanduser(record) if record else None,
+            accept_new,
+        )
+
+    def known_keys(self, name: str, *, fresh: bool = False) -> list[tuple[str, paramiko.PKey]]:
+        found: list[tuple[str, paramiko.PKey]] = []
+        for path in self.files:
+            keys = _load(path, fresh=fresh)
+            entry = keys.lookup(name) if keys is not None else None
+            if entry:
+                found.extend((path, key) for key in entry.values())
+        return found
+
+    def preferred_algorithms(self, name: str, offered: tuple[str, ...]) -> tuple[str, ...]:
+        """Known key types first, so the server shows the key we can check (as OpenSSH)."""
+        known: list[str] = []
+        for _, key in self.known_keys(name):
+            known.extend(_ALGORITHMS.get(key.get_name(), (key.get_name(),)))
+        first = [a for a in dict.fromkeys(known) if a in offered]
+        return tuple(first + [a for a in offered if a not in first])
+
+    def verify(self, name: str, key: paramiko.PKey) -> None:
+        """Accept `key` for `name` or raise `ConnectFailure` (hostkey_rejected)."""
+        self._check(name, key, self.known_keys(name))
+
+    def _check(self, name: str, key: paramiko.PKey, known: list[tuple[str, paramiko.PKey]]) -> None:
+        if any(k.asbytes() == key.asbytes() for _, k in known):
+            return
+        if known:
+            old = "; ".join(f"{fingerprint(k)} (in {path})" for path, k in known)
+            raise ConnectFailure(
+                Status.HOSTKEY_REJECTED,
+                f"host key for {name} has CHANGED: the host offered {fingerprint(key)}, "
+                f"known_hosts has {old}. Someone may be impersonating the host; if the "
+                "change is expected, remove the old key from known_hosts",
+            )
+        if not self.accept_new or not self.record_to:
+            raise ConnectFailure(
+                Status.HOSTKEY_REJECTED,
+                f"unknown host key for {name}: {fingerprint(key)}; add it to known_hosts "
+                "or allow trust on first use with --accept-new-host-keys",
+            )
+        self._record(name, key)
+
+    def _record(self, name: str, key: paramiko.PKey) -> None:
+        assert self.record_to is not None
+        path = self.record_to
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                # Another thread or process may have recorded a key meanwhile.
+                known = self.known_keys(name, fresh=True)
+                if known:
+                    self._check(name, key, known)
+                    return
+                line = f"{name} {key.get_name()} {key.get_base64()}\n"
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
