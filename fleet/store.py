@@ -72,7 +72,7 @@ class RedisRunStore:
         self._url = redact_url(url_for_messages) if url_for_messages else _describe(client)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         # A blocking XREAD longer than the socket timeout would read as a dead server.
-        self._max_block_ms = int((timeout - 1.0) * 1000) if timeout and timeout > 1.0 else 0
+        self._max_block_ms = max(100, int((timeout - 1.0) * 1000)) if timeout else None
         self._set_state = client.register_script(keys.SET_STATE_LUA)
         self._add_event = client.register_script(keys.ADD_EVENT_LUA)
         self._save_result = client.register_script(keys.SAVE_RESULT_LUA)
@@ -278,9 +278,10 @@ class RedisRunStore:
         self, run_id: str, after: str = "0", block_ms: int = 0, count: int = 1000
     ) -> list[tuple[str, dict[str, str]]]:
         # XREAD's BLOCK 0 means "forever"; here 0 means "do not wait".
-        block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
-        if block == 0:
-            block = None
+        block = None
+        if block_ms > 0:
+            cap = self._max_block_ms
+            block = block_ms if cap is None else min(block_ms, cap)
         with self._guard():
             answer = self._client.xread(
                 {self._key("events", run_id): after}, count=count, block=block
