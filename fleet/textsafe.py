@@ -1,0 +1,55 @@
+"""Making host-provided text safe to show an operator.
+
+A host decides what its command prints, so its output is attacker-controlled text.
+Printed raw, ``\\x1b]0;...`` retitles the terminal, ``\\x1b[2J`` clears it, ``\\r``
+overwrites what came before on the line and a bidi override (U+202E) shows text
+in another order than it is stored. Every string a host gave us (output, error
+messages, even its name, which comes from an inventory someone else may edit) goes
+through `make_visible` (multi-line text) or `make_visible_line` (one table cell)
+before it reaches a terminal, a report file or a log.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except \t and \n, DEL, C1 controls (\x9b is a one-byte CSI on some
+# terminals), the bidi embeddings/overrides/isolates, and lone surrogates (which
+# cannot be encoded to UTF-8, so printing them would raise instead of showing them).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# A single-line field must not be able to start a forged line either.
+_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def make_visible(text: str) -> str:
+    """`text` with every control character shown as an escape (``\\x1b``, ``\\r``, ``\\u202e``).
+
+    Newlines and tabs are kept: this is for multi-line output. Never raises.
+    """
+    if not _UNSAFE.search(text):
+        return text  # the common case: no copy
+    return _UNSAFE.sub(_escape, text)
+
+
+def make_visible_line(text: str) -> str:
+    """Like `make_visible`, but newlines and tabs are escaped too: for one-line fields
+    (host names, error messages, table cells) that must not forge extra lines."""
+    if not _UNSAFE_LINE.search(text):
+        return text
+    return _UNSAFE_LINE.sub(_escape, text)
+
+
+def has_unsafe(text: str) -> bool:
+    """True when `make_visible` would change `text`."""
+    return _UNSAFE.search(text) is not None
