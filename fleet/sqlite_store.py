@@ -285,6 +285,8 @@ class SqliteRunStore:
         return RunReport.from_dict(json.loads(row[0]))
 
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
+        if limit <= 0:
+            return []  # SQLite reads a negative LIMIT as "no limit"
         query = "SELECT record, state, finished_at FROM runs WHERE created >= ?"
         params: tuple[Any, ...] = (self._cutoff(),)
         if host is not None:
