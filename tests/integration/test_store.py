@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -32,11 +31,8 @@ pytestmark = pytest.mark.integration
 _prefixes = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-store"))
-    yield server
-    server.stop()
+# `redis_server` (shared, session) and `fresh_redis` (this test's own, free to kill)
+# come from tests/integration/conftest.py.
 
 
 @pytest.fixture
@@ -208,8 +204,8 @@ def test_bad_url_is_a_config_error() -> None:
         RedisRunStore.from_url("http://:secret@example.com/")
 
 
-def test_restart_between_calls_is_ridden_out(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis")
+def test_restart_between_calls_is_ridden_out(fresh_redis: RedisServer) -> None:
+    server = fresh_redis
     store = RedisRunStore.from_url(server.url, prefix="restart")
     try:
         hosts = make_hosts("web01")
@@ -231,11 +227,10 @@ def test_restart_between_calls_is_ridden_out(tmp_path: Path) -> None:
         assert store.get_run("r2").run_id == "r2"
     finally:
         store.close()
-        server.stop()
 
 
-def test_restart_while_down_too_long_is_a_backend_error(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis")
+def test_restart_while_down_too_long_is_a_backend_error(fresh_redis: RedisServer) -> None:
+    server = fresh_redis
     store = RedisRunStore.from_url(server.url, prefix="down")
     try:
         store.ping()
@@ -250,13 +245,11 @@ def test_restart_while_down_too_long_is_a_backend_error(tmp_path: Path) -> None:
             store.get_run("r1")
     finally:
         store.close()
-        server.stop()
 
 
-def test_check_server_warns_when_eviction_is_on(
-    redis_server: RedisServer, raw: redis.Redis
-) -> None:
-    store = RedisRunStore.from_url(redis_server.url)
+def test_check_server_warns_when_eviction_is_on(fresh_redis: RedisServer) -> None:
+    raw = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    store = RedisRunStore.from_url(fresh_redis.url)
     try:
         assert store.check_server() is None
         raw.config_set("maxmemory-policy", "allkeys-lru")
@@ -268,3 +261,4 @@ def test_check_server_warns_when_eviction_is_on(
         assert "allkeys-lru" in warning and "noeviction" in warning
     finally:
         store.close()
+        raw.close()
