@@ -1,0 +1,78 @@
+"""Running the real `python -m fleet` CLI against the harness's services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FleetCLI:
+    """`python -m fleet ...` with a fixed environment (broker, known_hosts, inventory)."""
+
+    inventory: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def full_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO)
+        env["FLEET_INVENTORY"] = str(self.inventory)
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [sys.executable, "-m", "fleet", *args]
+
+    def run(
+        self, args: Sequence[str], timeout: float = 120.0, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(args),
+            capture_output=True,
+            text=True,
+            env=self.full_env(env),
+            cwd=REPO,
+            timeout=timeout,
+        )
+
+    def popen(self, args: Sequence[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.full_env(),
+            cwd=REPO,
+        )
+
+    def run_json(self, args: Sequence[str], timeout: float = 120.0) -> tuple[int, Any]:
+        proc = self.run([*args, "--json"], timeout=timeout)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        try:
+            doc = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"not JSON (rc={proc.returncode}): {proc.stdout!r} {proc.stderr}")
+        return proc.returncode, doc
+
+
+def statuses(doc: Mapping[str, Any]) -> dict[str, str]:
+    return {r["host"]: r["status"] for r in doc["results"]}
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,133 @@
+"""CLI behaviour that needs no services: parsing, exit codes, error lines, import weight."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet.cli import _parse_env, main
+from fleet.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+INVENTORY = """
+defaults: {user: deploy}
+groups:
+  web:
+    hosts:
+      web[01-03]: {}
+    queue: dc-eu
+  local:
+    hosts:
+      localhost: {connection: local}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_hosts_lists_resolved_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["hosts", "web", "-i", str(inv)]) == 0
+    out = capsys.readouterr().out
+    assert "web01" in out and "web03" in out and "dc-eu" in out and "deploy" in out
+
+
+def test_hosts_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["hosts", "--group", "web:!web02", "-i", str(inv), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [h["name"] for h in doc] == ["web01", "web03"]
+    assert doc[0]["queue"] == "dc-eu" and doc[0]["port"] == 22
+
+
+def test_inventory_from_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_INVENTORY", str(write(tmp_path, INVENTORY)))
+    assert main(["hosts", "local"]) == 0
+    assert "localhost" in capsys.readouterr().out
+
+
+def test_bad_inventory_prints_every_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(
+        tmp_path,
+        "groups:\n  web:\n    hosts:\n      web05: {port: abc}\n      web06: {colour: red}\n"
+        "    children: [wbe]\n",
+    )
+    assert main(["hosts", "web", "-i", str(inv)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) >= 3
+    assert all(line.startswith("fleet: ") and "inventory.yaml" in line for line in lines)
+    assert "groups.web.hosts.web05.port" in err
+    assert "groups.web.hosts.web06" in err and "colour" in err
+    assert "wbe" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_group_exits_2_naming_known_groups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["hosts", "wbe", "-i", str(inv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wbe" in err and "web" in err and "local" in err
+
+
+def test_missing_inventory_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hosts", "web", "-i", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.yaml" in err
+
+
+def test_run_with_empty_selection_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["run", "true", "--group", "web:&local", "-i", str(inv)]) == 2
+    assert "matched no hosts" in capsys.readouterr().err
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 2
+    assert main(["run", "x", "--group", "web", "--timeout", "-1"]) == 2
+
+
+def test_worker_without_broker_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker"]) == 2
+    assert "FLEET_BROKER_URL" in capsys.readouterr().err
+
+
+def test_env_parsing() -> None:
+    assert _parse_env(["A=1", "B_2=x=y", "C="]) == {"A": "1", "B_2": "x=y", "C": ""}
+    for bad in ["A", "1A=x", "A-B=1", "=x", "A B=1"]:
+        with pytest.raises(UsageError):
+            _parse_env([bad])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["hosts", "local"]])
+def test_help_and_hosts_do_not_import_celery(tmp_path: Path, argv: list[str]) -> None:
+    inv = write(tmp_path, INVENTORY)
+    code = (
+        "import sys; from fleet.cli import main; rc = main(sys.argv[1:]);"
+        "bad = [m for m in ('celery', 'kombu', 'paramiko', 'redis') if m in sys.modules];"
+        "assert not bad, bad; raise SystemExit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv, *(["-i", str(inv)] if argv[0] == "hosts" else [])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
