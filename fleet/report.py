@@ -340,7 +340,7 @@ def truncation_notes(members: Sequence[HostResult]) -> list[str]:
     return notes
 
 
-def _output_block(doc: _Doc, group: OutputGroup, members: Sequence[HostResult], width: int) -> None:
+def _output_block(doc: _Doc, group: OutputGroup, members: Sequence[HostResult]) -> None:
     header = f"{fold_hosts(group.hosts)} ({len(group.hosts)})"
     style = "bold"
     if group.exit_code not in (0, None):
@@ -349,7 +349,7 @@ def _output_block(doc: _Doc, group: OutputGroup, members: Sequence[HostResult], 
     if any(r.status is Status.TIMEOUT for r in members):
         header += " timed out"
         style = "bold red"
-    rule = "-" * max(15, min(width, len(header)))
+    rule = "-" * 15  # as clubak draws it, whatever the header length
     doc.line(rule, "dim")
     doc.line(header, style)
     doc.line(rule, "dim")
@@ -420,7 +420,7 @@ def render_text(
     doc = _Doc()
     by_host = {r.host: r for r in report.results}
     for group in report.gathered():
-        _output_block(doc, group, [by_host[h] for h in group.hosts], width)
+        _output_block(doc, group, [by_host[h] for h in group.hosts])
     if report.failed:
         doc.line()
         _failures(doc, report.failed, verbose)
