@@ -57,19 +57,52 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
             proc.send_signal(sig)
 
 
+def _descendants(pid: int) -> list[int]:
+    # sshd's per-connection processes start sessions of their own, so the process group
+    # misses them; the /proc tree does not.
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            pending.extend(children)
+    return found
+
+
+def _kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to the process and its group at once (no grace period)."""
+    """Send `sig` to the process and its group at once (no grace period); SIGKILL also
+    ends every descendant, as a machine dying would."""
+    descendants = _descendants(proc.pid) if sig == signal.SIGKILL else []
     _signal_group(proc, sig)
+    _kill_pids(descendants)
     if sig == signal.SIGKILL:
         _reap(proc, 5.0)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM the process group, wait up to `timeout`, then SIGKILL it; forget the PID."""
+    """SIGTERM the process group, wait up to `timeout`, then SIGKILL it and anything it
+    left behind (its descendants, also in other sessions); forget the PID."""
+    descendants = _descendants(proc.pid)
     _signal_group(proc, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout)
     _signal_group(proc, signal.SIGKILL)
+    _kill_pids(descendants)
     _reap(proc, timeout)
 
 

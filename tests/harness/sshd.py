@@ -280,7 +280,9 @@ class SSHFleet:
         return path
 
     def kill_host(self, host: SSHHost) -> None:
-        """Take `host` down (connection refused); other hosts of its sshd come back at once."""
+        """Take `host` down: live connections cut, new ones refused. Other hosts of the
+        same sshd are restarted at once (their live connections are cut too: give a host
+        `own_key` to isolate it)."""
         process = self._serving.pop(host.name, None)
         if process is None:
             return

@@ -143,7 +143,13 @@ def test_impostor_on_same_address_is_rejected(make_ssh_fleet: MakeFleet) -> None
 def test_kill_host_refuses_and_others_keep_serving(make_ssh_fleet: MakeFleet) -> None:
     fleet = make_ssh_fleet(3)
     down, *others = fleet.hosts
+    live = _connect(fleet, down)
+    _, stdout, _ = live.exec_command("echo started; sleep 30")
+    assert stdout.readline() == "started\n"
     fleet.kill_host(down)
+    stdout.channel.settimeout(5)
+    assert stdout.read() == b""  # the session was cut, not left running
+    live.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((down.address, down.port), timeout=2).close()
     for host in others:
