@@ -1,0 +1,286 @@
+"""The inventory: load and validate ``inventory.yaml``, resolve patterns to `Host` values.
+
+Knows nothing of Celery, SSH or Redis (a test checks that importing it imports none).
+Format: top-level keys ``defaults``, ``groups`` and ``schedules``, nothing else (the
+commented ``inventory.yaml`` at the top of the repository shows each of them).
+
+Variable precedence, lowest first; a later layer replaces a variable whole (an
+``env`` mapping too, like Ansible's default ``hash_behaviour=replace``):
+
+1. ``defaults``;
+2. the ``vars`` (and ``queue``) of every group the host belongs to, directly or
+   through ``children``, applied by group depth, then group name. A group's depth is
+   0 without a parent, else one more than its deepest parent's, so a parent always
+   comes before its children; unrelated groups of one depth go by name, so the result
+   never depends on the order of the file;
+3. the host's own vars; a host listed in several groups gets each listing's vars in
+   that same group order.
+
+``address`` defaults to the host name and ``port`` to 22. ``Host.groups`` lists all
+the host's groups (parents through ``children`` included) in that order.
+
+Loading reports every problem at once in one `InventoryError`, each with its key path.
+YAML is read with safe constructors only; a file that is too large, too deeply
+nested or whose aliases expand too far is refused before anything walks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from fleet.errors import InventoryError, InventoryProblem, PatternError
+from fleet.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
+from fleet.inventory_schema import InventorySpec, Schedule, check_inventory, show
+from fleet.noderange import expand_hosts, fold_hosts
+from fleet.patterns import resolve_pattern
+
+__all__ = [
+    "Inventory",
+    "Schedule",
+    "expand_hosts",
+    "fold_hosts",
+    "load_inventory",
+    "parse_inventory",
+]
+
+MAX_FILE_BYTES = 16 << 20
+MAX_DEPTH = 64  # mapping/sequence nesting; PyYAML's composer recurses per level
+MAX_NODES = 2_000_000  # YAML nodes after alias expansion (billion laughs stops here)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Validated hosts and groups. Build it with `load_inventory` or `parse_inventory`."""
+
+    source: str
+    hosts: tuple[Host, ...]  # in order of first appearance in the file
+    groups: tuple[str, ...]  # in file order
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    members: Mapping[str, frozenset[str]] = field(default_factory=dict)  # children's too
+    _by_name: Mapping[str, Host] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedules", MappingProxyType(dict(self.schedules)))
+        object.__setattr__(self, "members", MappingProxyType(dict(self.members)))
+        object.__setattr__(self, "_by_name", MappingProxyType({h.name: h for h in self.hosts}))
+
+    def host(self, name: str) -> Host:
+        """The host named `name`. Raises `PatternError` when there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise PatternError(f"no host named {name!r} in {self.source}") from None
+
+    def select(self, pattern: str) -> tuple[Host, ...]:
+        """The hosts `pattern` selects, each once, in inventory order.
+
+        Raises `PatternError` when a term names nothing or nothing is selected.
+        """
+        names = resolve_pattern(pattern, self.members, self._by_name.keys())
+        if not names:
+            raise PatternError(f"pattern {pattern!r} matched no hosts")
+        return tuple(h for h in self.hosts if h.name in names)
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read and validate the inventory file at `path`.
+
+    Raises `InventoryError` naming the file for a missing or unreadable file, one
+    larger than 16 MiB, and every problem in its content.
+    """
+    source = str(path)
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)  # a cap, even for /dev/zero
+    except FileNotFoundError:
+        raise InventoryError(source, InventoryProblem("", "no such file")) from None
+    except OSError as exc:
+        raise InventoryError(source, InventoryProblem("", f"cannot read: {exc.strerror}")) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise InventoryError(source, InventoryProblem("", "file is larger than 16 MiB"))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = InventoryProblem("", f"not UTF-8 text (byte {exc.start})")
+        raise InventoryError(source, problem) from None
+    return parse_inventory(text, source)
+
+
+def parse_inventory(text: str, source: str) -> Inventory:
+    """Validate inventory YAML `text`; `source` names it in messages.
+
+    Raises `InventoryError` carrying every problem found.
+    """
+    problems: list[InventoryProblem] = []
+    if len(text) > MAX_FILE_BYTES:
+        raise InventoryError(source, InventoryProblem("", "file is larger than 16 MiB"))
+    loader = _Loader(text, problems)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        raise InventoryError(source, [*problems, _yaml_problem(exc)]) from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        problem = InventoryProblem("", f"cannot parse YAML: {exc}".replace("\n", " "))
+        raise InventoryError(source, [*problems, problem]) from None
+    finally:
+        loader.dispose()
+    spec = check_inventory(data, problems)
+    if problems:
+        raise InventoryError(source, problems)
+    inventory = _assemble(source, spec)
+    for schedule in spec.schedules.values():
+        try:
+            inventory.select(schedule.group)
+        except PatternError as exc:
+            problems.append(InventoryProblem(f"schedules.{schedule.name}.group", str(exc)))
+    if problems:
+        raise InventoryError(source, problems)
+    return inventory
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> InventoryProblem:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    words = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+    return InventoryProblem(where, " ".join(words.split()) or "YAML syntax error")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with duplicate-key detection and limits on depth and alias expansion."""
+
+    def __init__(self, text: str, problems: list[InventoryProblem]) -> None:
+        super().__init__(text)
+        self.problems = problems
+        self.depth = 0
+        self.paths: dict[int, str] = {}  # id(mapping node) -> its key path
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_document(self) -> Any:
+        node: Any = super().compose_document()
+        weights: dict[int, int] = {}
+        if self._weigh(node, "", weights, set()) > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_NODES} nodes", node.start_mark
+            )
+        return node
+
+    def _weigh(self, node: Any, path: str, weights: dict[int, int], active: set[int]) -> int:
+        """Nodes under `node` once aliases are expanded; records mapping paths on the way."""
+        key = id(node)
+        if key in weights:
+            return weights[key]
+        if key in active:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to its own parent", node.start_mark
+            )
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            self.paths[key] = path
+            for key_node, value_node in node.value:
+                label = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                total += self._weigh(key_node, path, weights, active)
+                total += self._weigh(
+                    value_node, f"{path}.{label}" if path else label, weights, active
+                )
+                if total > MAX_NODES:
+                    break
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                total += self._weigh(item, f"{path}[{i}]", weights, active)
+                if total > MAX_NODES:
+                    break
+        active.discard(key)
+        weights[key] = total
+        return total
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue  # merged keys may be overridden, that is what `<<` is for
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    if first is None:
+                        seen[key] = line
+                        continue
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                message = f"duplicate key {show(key)} (lines {first} and {line})"
+                self.problems.append(InventoryProblem(self.paths.get(id(node), ""), message))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _assemble(source: str, spec: InventorySpec) -> Inventory:
+    """Apply precedence (see the module docstring) to checked, acyclic groups."""
+    defaults, groups = spec.defaults, spec.groups
+    parents: dict[str, list[str]] = {name: [] for name in groups}
+    for name, group in groups.items():
+        for child in group.children:
+            parents[child].append(name)
+    depth: dict[str, int] = {}
+    lineage: dict[str, frozenset[str]] = {}  # a group and all its ancestors
+    pending = list(groups)
+    while pending:  # acyclic, so every pass settles at least one group
+        waiting = []
+        for name in pending:
+            if all(p in depth for p in parents[name]):
+                depth[name] = 1 + max((depth[p] for p in parents[name]), default=-1)
+                lineage[name] = frozenset([name]).union(*(lineage[p] for p in parents[name]))
+            else:
+                waiting.append(name)
+        pending = waiting
+    rank = {name: i for i, name in enumerate(sorted(groups, key=lambda g: (depth[g], g)))}
+    direct: dict[str, list[str]] = {}
+    for name, group in groups.items():
+        for host in group.hosts:
+            direct.setdefault(host, []).append(name)
+    base_cache: dict[tuple[str, ...], dict[str, Any]] = {}
+    members: dict[str, set[str]] = {name: set() for name in groups}
+    hosts = []
+    for host, own in direct.items():
+        chain = tuple(sorted(frozenset().union(*(lineage[g] for g in own)), key=rank.__getitem__))
+        base = base_cache.get(chain)
+        if base is None:
+            base = dict(defaults)
+            for name in chain:
+                base.update(groups[name].vars)
+            base_cache[chain] = base
+        values = dict(base)
+        for name in sorted(own, key=rank.__getitem__):
+            values.update(groups[name].hosts[host])
+        for name in chain:
+            members[name].add(host)
+        hosts.append(_make_host(host, values, chain))
+    frozen = {name: frozenset(names) for name, names in members.items()}
+    return Inventory(source, tuple(hosts), tuple(groups), spec.schedules, frozen)
+
+
+def _make_host(name: str, values: dict[str, Any], groups: tuple[str, ...]) -> Host:
+    known = {k: v for k, v in values.items() if k in KNOWN_HOST_VARS}
+    free = {k: v for k, v in values.items() if k not in KNOWN_HOST_VARS}
+    address = known.pop("address", name)
+    port = known.pop("port", DEFAULT_PORT)
+    return Host(name=name, address=address, port=port, vars=free, groups=groups, **known)

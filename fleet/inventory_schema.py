@@ -1,0 +1,354 @@
+"""The inventory file's schema: which keys exist, and what each value may be.
+
+`check_inventory` turns the data loaded from YAML into an `InventorySpec` (the file's
+content, checked but not yet resolved), appending one `InventoryProblem` per problem
+with its key path, so that the user sees every problem in one go.
+"""
+
+from __future__ import annotations
+
+import re
+import reprlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.errors import InventoryProblem, PatternError
+from fleet.hosts import KNOWN_HOST_VARS
+from fleet.noderange import expand_hosts, fold_hosts, name_problem
+
+TOP_KEYS = ("defaults", "groups", "schedules")
+GROUP_KEYS = ("children", "hosts", "queue", "vars")
+SCHEDULE_KEYS = ("command", "every", "group", "timeout")
+# A secret in the inventory would travel in every task message and sit in Redis.
+SECRET_KEYS = frozenset(
+    {"password", "become_password", "ansible_password", "ansible_become_password",
+     "ansible_ssh_pass", "ansible_become_pass", "ssh_pass"}
+)  # fmt: skip
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlevel, _repr.maxlist, _repr.maxdict = 2, 4, 3
+
+
+def show(value: object) -> str:
+    """`value` for a one-line message: repr (control characters escaped), ~60 chars."""
+    text = _repr.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A command run on a pattern every `every` seconds (celery beat reads these)."""
+
+    name: str
+    command: str
+    group: str  # a pattern, checked against the inventory at load time
+    every: int  # seconds
+    timeout: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "command": self.command, "group": self.group,
+                "every": self.every, "timeout": self.timeout}  # fmt: skip
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass(slots=True)
+class GroupSpec:
+    """A group as the file states it, checked, before precedence is applied."""
+
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # expanded name -> vars
+    vars: dict[str, Any] = field(default_factory=dict)
+    children: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySpec:
+    defaults: dict[str, Any]
+    groups: dict[str, GroupSpec]  # in file order
+    schedules: dict[str, Schedule]
+
+
+def check_inventory(data: Any, problems: list[InventoryProblem]) -> InventorySpec:
+    """Check `data` loaded from an inventory file; append each problem to `problems`."""
+    return _Checker(problems).check(data)
+
+
+class _Checker:
+    """Checks the loaded data, appending every problem found."""
+
+    def __init__(self, problems: list[InventoryProblem]) -> None:
+        self.problems = problems
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(InventoryProblem(path, message))
+
+    def check(self, data: Any) -> InventorySpec:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.add("", f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {show(data)}")
+            return InventorySpec({}, {}, {})
+        self.unknown_keys(data, "", TOP_KEYS)
+        defaults = self.host_vars(data.get("defaults"), "defaults")
+        groups = self.groups(data.get("groups"))
+        schedules = self.schedules(data.get("schedules"))
+        return InventorySpec(defaults, groups, schedules)
+
+    def unknown_keys(self, data: dict[Any, Any], path: str, allowed: tuple[str, ...]) -> None:
+        for key in data:
+            if key not in allowed:
+                where = _join(path, str(key))
+                self.add(where, f"unknown key {show(key)} (allowed: {', '.join(allowed)})")
+
+    def mapping(self, raw: Any, path: str, what: str) -> dict[Any, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.add(path, f"expected a mapping of {what}, got {show(raw)}")
+            return {}
+        return raw
+
+    def host_vars(self, raw: Any, path: str) -> dict[str, Any]:
+        checked: dict[str, Any] = {}
+        for key, value in self.mapping(raw, path, "variables").items():
+            where = _join(path, str(key))
+            if not isinstance(key, str) or not key:
+                self.add(where, f"variable names must be non-empty strings, got {show(key)}")
+            elif key in SECRET_KEYS:
+                self.add(where, "no secrets in the inventory: it travels in task messages; "
+                         "use password_env: NAME (a variable set on the workers)")  # fmt: skip
+            elif problem := _VAR_CHECKS.get(key, _json_problem)(value):
+                self.add(where, problem)
+            else:
+                checked[key] = value
+        return checked
+
+    def groups(self, raw: Any) -> dict[str, GroupSpec]:
+        groups: dict[str, GroupSpec] = {}
+        for name, body in self.mapping(raw, "groups", "group names to groups").items():
+            path = _join("groups", str(name))
+            if problem := name_problem(name, "group name"):
+                self.add(path, problem)
+            elif name == "all":
+                self.add(path, "'all' is reserved: it means every host (shared vars: defaults)")
+            else:
+                groups[name] = self.group(body, path)
+        self.check_children(groups)
+        hosts = {h for group in groups.values() for h in group.hosts}
+        for name in groups:
+            if name in hosts:
+                self.add(_join("groups", name), f"{name!r} names both a group and a host")
+        return groups
+
+    def group(self, body: Any, path: str) -> GroupSpec:
+        group = GroupSpec()
+        if body is not None and not isinstance(body, dict):
+            keys = ", ".join(GROUP_KEYS)
+            self.add(path, f"expected a mapping with keys {keys}, got {show(body)}")
+            return group
+        body = body or {}
+        self.unknown_keys(body, path, GROUP_KEYS)
+        group.vars = self.host_vars(body.get("vars"), path + ".vars")
+        if "queue" in body:
+            if "queue" in group.vars:
+                self.add(path + ".queue", "queue is set both here and in vars")
+            group.vars.update(self.host_vars({"queue": body["queue"]}, path))
+        children = body.get("children")
+        if children is not None and not isinstance(children, list):
+            self.add(path + ".children", f"expected a list of group names, got {show(children)}")
+        for child in children if isinstance(children, list) else ():
+            if not isinstance(child, str):
+                self.add(path + ".children", f"expected a group name, got {show(child)}")
+            elif child in group.children:
+                self.add(path + ".children", f"group {child!r} listed twice")
+            else:
+                group.children.append(child)
+        self.group_hosts(body.get("hosts"), path + ".hosts", group)
+        return group
+
+    def group_hosts(self, raw: Any, path: str, group: GroupSpec) -> None:
+        origin: dict[str, str] = {}
+        twice: dict[tuple[str, str], list[str]] = {}
+        for key, value in self.mapping(raw, path, "host names to host vars").items():
+            where = _join(path, str(key))
+            if not isinstance(key, str):
+                self.add(where, f"host names must be strings, got {show(key)} (quote it)")
+                continue
+            try:
+                names = expand_hosts(key)
+            except PatternError as exc:
+                self.add(where, str(exc))
+                continue
+            host_vars = self.host_vars(value, where)
+            for name in names:
+                if name in group.hosts:
+                    twice.setdefault((origin[name], key), []).append(name)
+                else:
+                    group.hosts[name] = host_vars
+                    origin[name] = key
+        for (first, second), names in twice.items():
+            what = f"{show(first)} and {show(second)}" if first != second else show(first)
+            self.add(path, f"host {fold_hosts(names)} listed twice ({what})")
+
+    def check_children(self, groups: dict[str, GroupSpec]) -> None:
+        known = ", ".join(sorted(groups))
+        for name, group in groups.items():
+            for child in group.children:
+                if child not in groups:
+                    where = f"groups.{name}.children"
+                    self.add(where, f"unknown group {child!r} (known: {known})")
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        reported: set[frozenset[str]] = set()
+        for start in groups:
+            if start in state:
+                continue
+            path = [start]
+            stack = [iter(groups[start].children)]
+            state[start] = 1
+            while stack:
+                nxt = next(stack[-1], None)
+                if nxt is None:
+                    stack.pop()
+                    state[path.pop()] = 2
+                elif nxt in groups and nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(groups[nxt].children))
+                elif state.get(nxt) == 1:
+                    cycle = [*path[path.index(nxt) :], nxt]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        self.add(f"groups.{nxt}.children", "cycle " + " -> ".join(cycle))
+
+    def schedules(self, raw: Any) -> dict[str, Schedule]:
+        schedules: dict[str, Schedule] = {}
+        for name, body in self.mapping(raw, "schedules", "schedule names to schedules").items():
+            path = _join("schedules", str(name))
+            if problem := name_problem(name, "schedule name"):
+                self.add(path, problem)
+                continue
+            if not isinstance(body, dict):
+                self.add(path, f"expected a mapping with keys {', '.join(SCHEDULE_KEYS)}, "
+                         f"got {show(body)}")  # fmt: skip
+                continue
+            self.unknown_keys(body, path, SCHEDULE_KEYS)
+            before = len(self.problems)
+            for key in ("command", "group", "every"):
+                if key not in body:
+                    self.add(path, f"missing key {key!r}")
+            command, group = body.get("command", ""), body.get("group", "")
+            for key, value in (("command", command), ("group", group)):
+                if key in body and (not isinstance(value, str) or not value.strip()):
+                    self.add(f"{path}.{key}", f"expected a non-empty string, got {show(value)}")
+            every = _seconds(body.get("every", 1))
+            if every is None or every != int(every):
+                expected = "a duration like 30s, 5m, 1h, 1d or whole seconds"
+                self.add(f"{path}.every", f"expected {expected}, got {show(body['every'])}")
+            timeout = body.get("timeout")
+            if timeout is not None and _seconds(timeout) is None:
+                self.add(f"{path}.timeout", f"expected seconds or a duration, got {show(timeout)}")
+            if len(self.problems) == before:
+                schedules[name] = Schedule(
+                    name, command, group, int(every or 0),
+                    None if timeout is None else _seconds(timeout),
+                )  # fmt: skip
+        return schedules
+
+
+def _seconds(value: Any) -> float | None:
+    """Seconds in a positive number or a duration like ``90s``, ``5m``, ``1h30m``, ``1d``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if 0 < value < float("inf") else None
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())) and value.strip():
+        days, hours, minutes, secs = (int(g or 0) for g in match.groups())
+        total = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+        return float(total) if total > 0 else None
+    return None
+
+
+def _token(value: Any) -> str | None:
+    if (
+        isinstance(value, str)
+        and value
+        and not value.startswith("-")
+        and all(c.isprintable() and not c.isspace() for c in value)
+    ):
+        return None
+    return f"expected a string without spaces, control characters or leading '-', got {show(value)}"
+
+
+def _path_value(value: Any) -> str | None:
+    if isinstance(value, str) and value and value.isprintable():
+        return None
+    return f"expected a file path, got {show(value)}"
+
+
+def _port(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return None
+    return f"expected an integer 1-65535, got {show(value)}"
+
+
+def _connection(value: Any) -> str | None:
+    return None if value in ("ssh", "local") else f"expected 'ssh' or 'local', got {show(value)}"
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, got {show(value)}"
+
+
+def _env_name(value: Any) -> str | None:
+    if isinstance(value, str) and _ENV_NAME.fullmatch(value):
+        return None
+    # The value is not shown: a user may have put the password itself here.
+    return "expected the NAME of an environment variable on the workers, like DB_PASSWORD"
+
+
+def _env(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"expected a mapping of variable names to strings, got {show(value)}"
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            return f"{show(key)} is not an environment variable name"
+        if not isinstance(item, str) or "\0" in item:
+            return f"{key}: expected a string (quote numbers), got {show(item)}"
+    return None
+
+
+def _json_problem(value: Any) -> str | None:
+    """Free vars travel in JSON task messages: dates, sets or bytes could not."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    if isinstance(value, list):
+        return next((p for p in map(_json_problem, value) if p), None)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return next((p for p in map(_json_problem, value.values()) if p), None)
+    return (
+        "expected a string, number, boolean, null, list or mapping with string keys, "
+        f"got {show(value)}"
+    )
+
+
+_VAR_CHECKS = {
+    "address": _token,
+    "port": _port,
+    "user": _token,
+    "identity_file": _path_value,
+    "password_env": _env_name,
+    "connection": _connection,
+    "jump": _token,
+    "queue": _token,
+    "become": _bool,
+    "become_user": _token,
+    "become_password_env": _env_name,
+    "env": _env,
+}
+assert set(_VAR_CHECKS) == KNOWN_HOST_VARS  # a new Host field needs its check here

@@ -1,0 +1,116 @@
+"""Host names and node ranges: ``web[01-12]`` expands, ``web[01-04,07]`` folds back.
+
+Expansion and folding are ClusterShell's `NodeSet` (the HPC field's implementation,
+multi-dimensional ranges included). We put a strict gate in front of it: a name is
+checked against our own small grammar and its size is counted *before* NodeSet sees
+it, because NodeSet also understands operators (``,`` ``!`` ``&`` ``^``), ``@group``
+lookups in system config files, and will happily build a hundred million strings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
+from fleet.errors import PatternError
+
+#: A range that expands to more hosts than this is refused before it is expanded.
+MAX_RANGE_HOSTS = 100_000
+
+# Characters the pattern language (``web,db:&prod:!web03``, globs) or NodeSet's own
+# syntax gives a meaning to: a name holding one could never be selected reliably.
+_RESERVED = frozenset(",:!&*?[]@^")
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+_RANGE_ITEM = re.compile(r"(\d+)(?:-(\d+)(?:/(\d+))?)?")
+
+
+def name_problem(name: object, what: str = "host name") -> str | None:
+    """Why `name` is not a valid plain (range-free) name, or None when it is."""
+    if not isinstance(name, str):
+        return f"{what} must be a string, got {name!r}"
+    if not name:
+        return f"{what} is empty"
+    if name.startswith("-"):
+        return f"{what} {name!r} starts with '-'"
+    for char in name:
+        if char.isspace() or not char.isprintable():
+            return f"{what} {name!r} contains whitespace or a control character"
+        if char in _RESERVED:
+            return f"{what} {name!r} contains {char!r}, which patterns reserve"
+    return None
+
+
+def has_range(text: str) -> bool:
+    return "[" in text or "]" in text
+
+
+def count_range(text: str) -> int:
+    """How many names `text` expands to, computed without expanding it.
+
+    Raises `PatternError` when `text` is not a name with ``[...]`` ranges of our grammar:
+    items ``N``, ``N-M`` or ``N-M/STEP``, separated by commas.
+    """
+    total = 1
+    literal = _BRACKET.sub("0", text)
+    if "[" in literal or "]" in literal:
+        raise PatternError(f"bad range {text!r}: unbalanced or nested brackets")
+    problem = name_problem(literal)
+    if problem:
+        raise PatternError(f"bad range {text!r}: {problem}")
+    for body in _BRACKET.findall(text):
+        size = 0
+        for item in body.split(","):
+            match = _RANGE_ITEM.fullmatch(item) if len(item) <= 64 else None
+            if match is None:
+                raise PatternError(f"bad range {text!r}: {item!r} is not N, N-M or N-M/STEP")
+            low, high, step = match.groups()
+            if high is None:
+                size += 1
+            elif int(high) >= int(low) and int(step or 1) > 0:
+                size += (int(high) - int(low)) // int(step or 1) + 1
+        total *= max(size, 1)
+        if total > MAX_RANGE_HOSTS:
+            break
+    return total
+
+
+def expand_hosts(text: str) -> list[str]:
+    """The names a host name with node ranges stands for, in NodeSet order.
+
+    ``expand_hosts("rack[1-2]-node[01-02]")`` gives
+    ``["rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02"]``; a name
+    without brackets gives itself. Raises `PatternError` for a malformed range or
+    name, or a range of more than `MAX_RANGE_HOSTS` names.
+    """
+    if not has_range(text):
+        problem = name_problem(text)
+        if problem:
+            raise PatternError(problem)
+        return [text]
+    size = count_range(text)
+    if size > MAX_RANGE_HOSTS:
+        raise PatternError(f"range {text!r} expands to more than {MAX_RANGE_HOSTS} hosts")
+    try:
+        return list(NodeSet(text, resolver=RESOLVER_NOGROUP))
+    except (NodeSetException, AssertionError, ValueError) as exc:
+        raise PatternError(f"bad range {text!r}: {exc}") from exc
+
+
+def fold_hosts(names: Iterable[str]) -> str:
+    """Fold host names for display: ``web01 web02 web03 web04 web07`` -> ``web[01-04,07]``.
+
+    Names NodeSet could misread (holding a comma, a bracket...) are listed as they are.
+    """
+    names = list(dict.fromkeys(names))
+    plain = [n for n in names if name_problem(n) is None]
+    odd = sorted(n for n in names if name_problem(n) is not None)
+    parts = []
+    if plain:
+        try:
+            parts.append(str(NodeSet.fromlist(plain, resolver=RESOLVER_NOGROUP)))
+        except (NodeSetException, AssertionError, ValueError):
+            parts.append(",".join(sorted(plain)))
+    parts.extend(odd)
+    return ",".join(parts)
