@@ -148,11 +148,17 @@ def kill_remote(transport: Any, pid: int | None, become: bool) -> tuple[bool, st
         return False, "could not confirm the remote process ended (its PID was never reported)"
     group = f"-{pid}"
     kill = "sudo -n kill" if become else "kill"
+    # Orphaned children end as zombies until init reaps them (in containers maybe
+    # never), and `kill -0` counts zombies: ask ps for live members of the session
+    # (sshd made the command a session leader), falling back to kill -0.
     script = (
-        f"{kill} -TERM -- {group} 2>/dev/null; i=0; "
-        f"while {kill} -0 -- {group} 2>/dev/null && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; "
-        f"{kill} -KILL -- {group} 2>/dev/null; sleep 0.05; "
-        f"if {kill} -0 -- {group} 2>/dev/null; then echo alive; else echo gone; fi"
+        "alive() { if command -v ps >/dev/null 2>&1; then "
+        f"ps -o stat= -s {pid} 2>/dev/null | grep -q '^[^Z]'; "
+        f"else {kill} -0 {group} 2>/dev/null; fi; }}; "
+        f"{kill} -TERM {group} 2>/dev/null; i=0; "
+        "while alive && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"if alive; then {kill} -KILL {group} 2>/dev/null; sleep 0.1; fi; "
+        "if alive; then echo alive; else echo gone; fi"
     )
     deadline = time.monotonic() + _KILL_TIMEOUT
     try:

@@ -1,0 +1,407 @@
+"""fleet.ssh against real OpenSSH servers from the harness (tests/harness/sshd.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from fleet.execute import ExecOptions
+from fleet.hosts import Host
+from fleet.results import HostResult, Status
+from fleet.ssh import ConnectionPool, Connector, get_file, put_file, run_command
+from tests.harness.sshd import SSHFleet, SSHHost, generate_key
+
+
+def fingerprint_of(host: SSHHost) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", f"{host.host_key_path}.pub"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()[1]  # SHA256:...
+
+
+def make_host(fleet: SSHFleet, h: SSHHost, **kw: Any) -> Host:
+    values: dict[str, Any] = {
+        "address": h.address,
+        "port": h.port,
+        "user": fleet.user,
+        "identity_file": str(fleet.client_key),
+    }
+    values.update(kw)
+    return Host(name=h.name, **values)
+
+
+def make_options(known_hosts: Path | str, **kw: Any) -> ExecOptions:
+    values: dict[str, Any] = {
+        "connect_timeout": 1.0,
+        "auth_timeout": 2.0,
+        "command_timeout": 2.0,
+        "known_hosts": str(known_hosts),
+        "user_known_hosts": None,
+        "ssh_config": None,
+    }
+    values.update(kw)
+    return ExecOptions(**values)
+
+
+@pytest.fixture
+def pool() -> Iterator[ConnectionPool]:
+    p = ConnectionPool()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def opts(ssh_fleet: SSHFleet) -> ExecOptions:
+    return make_options(ssh_fleet.known_hosts)
+
+
+def run(
+    fleet: SSHFleet, cmd: str, opts: ExecOptions, pool: ConnectionPool, i: int = 0
+) -> HostResult:
+    return run_command(make_host(fleet, fleet.hosts[i]), cmd, opts, pool)
+
+
+def test_ok_with_exit_code_and_output(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    r = run(ssh_fleet, "echo hello; echo oops >&2", opts, pool)
+    assert r.status is Status.OK, r.error
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "hello\n", "oops\n")
+    assert r.stdout_bytes == 6 and not r.stdout_truncated
+    assert r.started_at and r.finished_at and r.duration_s is not None
+    assert r.connection_reused is False
+
+
+def test_failed_with_exit_code_3(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    r = run(ssh_fleet, "echo partial; exit 3", opts, pool)
+    assert r.status is Status.FAILED and r.exit_code == 3 and r.stdout == "partial\n"
+
+
+def test_refused_port_is_unreachable_fast(
+    refused_port: Any, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    host = Host(name="gone", address=refused_port.address, port=refused_port.port, user="root")
+    t0 = time.monotonic()
+    r = run_command(host, "true", opts, pool)
+    assert r.status is Status.UNREACHABLE
+    assert "connection refused" in (r.error or "")
+    assert time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("stub", ["hung_listener", "banner_staller"])
+def test_silent_host_bounded_by_connect_timeout(
+    stub: str, request: pytest.FixtureRequest, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    endpoint = request.getfixturevalue(stub)
+    host = Host(name="hung", address=endpoint.address, port=endpoint.port, user="root")
+    t0 = time.monotonic()
+    r = run_command(
+        host, "true", ExecOptions.from_dict({**opts.to_dict(), "command_timeout": 30}), pool
+    )
+    elapsed = time.monotonic() - t0
+    assert r.status is Status.UNREACHABLE
+    expected = "no SSH banner within 1.0 s" if stub == "hung_listener" else "key exchange"
+    assert expected in (r.error or "")
+    assert 0.9 < elapsed < 2.5
+
+
+def test_key_not_authorized_is_auth_failed(
+    ssh_fleet: SSHFleet,
+    opts: ExecOptions,
+    pool: ConnectionPool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stranger = generate_key(tmp_path / "stranger")
+    monkeypatch.setenv("FLEET_TEST_SECRET_PW", "hunter2-secret")
+    host = make_host(
+        ssh_fleet,
+        ssh_fleet.hosts[0],
+        identity_file=str(stranger),
+        password_env="FLEET_TEST_SECRET_PW",
+    )
+    t0 = time.monotonic()
+    r = run_command(host, "true", opts, pool)
+    assert r.status is Status.AUTH_FAILED, r.error
+    assert str(stranger) in (r.error or "")
+    assert "hunter2" not in json.dumps(r.to_dict())
+    assert time.monotonic() - t0 < 3
+
+
+def test_unknown_host_key_rejected_and_file_untouched(
+    ssh_fleet: SSHFleet, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    other = ssh_fleet.hosts[1]
+    known.write_text(other.known_hosts_line() + "\n")
+    before = known.read_bytes()
+    r = run(ssh_fleet, "true", make_options(known), pool)
+    assert r.status is Status.HOSTKEY_REJECTED
+    assert fingerprint_of(ssh_fleet.hosts[0]) in (r.error or "")
+    assert known.read_bytes() == before
+
+
+def test_hashed_known_hosts_entry_is_accepted(
+    ssh_fleet: SSHFleet, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    shutil.copy(ssh_fleet.known_hosts, known)
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert "|1|" in known.read_text()
+    r = run(ssh_fleet, "true", make_options(known), pool)
+    assert r.status is Status.OK, r.error
+
+
+def test_accept_new_records_once_under_concurrency(ssh_fleet: SSHFleet, tmp_path: Path) -> None:
+    known = tmp_path / "fleet_known_hosts"
+    options = make_options(known, accept_new_host_keys=True)
+    host = make_host(ssh_fleet, ssh_fleet.hosts[2])
+    results: list[HostResult] = []
+    pools = [ConnectionPool() for _ in range(8)]  # separate pools: 8 real connections
+
+    def worker(p: ConnectionPool) -> None:
+        results.append(run_command(host, "true", options, p))
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in pools]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in pools:
+        p.close()
+    assert [r.status for r in results] == [Status.OK] * 8, [r.error for r in results]
+    lines = known.read_text().splitlines()
+    assert lines == [ssh_fleet.hosts[2].known_hosts_line()]
+    # Recorded once: a later connection neither fails nor appends.
+    p = ConnectionPool()
+    assert run_command(host, "true", options, p).ok
+    p.close()
+    assert known.read_text().splitlines() == lines
+
+
+def test_impostor_rejected_even_with_accept_new(make_ssh_fleet: Any, tmp_path: Path) -> None:
+    fleet: SSHFleet = make_ssh_fleet(1)
+    genuine = fleet.hosts[0]
+    impostor = fleet.start_impostor(genuine)
+    before = fleet.known_hosts.read_bytes()
+    p = ConnectionPool()
+    r = run_command(
+        make_host(fleet, genuine),
+        "true",
+        make_options(fleet.known_hosts, accept_new_host_keys=True),
+        p,
+    )
+    p.close()
+    assert r.status is Status.HOSTKEY_REJECTED
+    assert fingerprint_of(genuine) in (r.error or "")
+    assert fingerprint_of(impostor) in (r.error or "")
+    assert "CHANGED" in (r.error or "")
+    assert fleet.known_hosts.read_bytes() == before
+
+
+def test_stdin_is_closed(ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool) -> None:
+    t0 = time.monotonic()
+    r = run(ssh_fleet, "cat; echo done", opts, pool)
+    assert r.status is Status.OK and r.stdout == "done\n"
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_timeout_ends_remote_process(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    options = ExecOptions.from_dict({**opts.to_dict(), "command_timeout": 1.0})
+    t0 = time.monotonic()
+    r = run(ssh_fleet, f"echo $$ > {pidfile}; echo started; sleep 60", options, pool)
+    elapsed = time.monotonic() - t0
+    assert r.status is Status.TIMEOUT
+    assert r.stdout == "started\n"  # output so far kept
+    assert r.remote_kill_confirmed is True, r.error
+    assert "timed out after 1 s" in (r.error or "")
+    assert elapsed < 4
+    pid = int(pidfile.read_text())
+    check = run(ssh_fleet, f"kill -0 {pid}", opts, pool)
+    assert check.status is Status.FAILED  # the remote process is gone
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # same machine: double-check
+
+
+def test_large_output_on_both_streams(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    cmd = (
+        "head -c 5000000 /dev/zero | tr '\\0' a & head -c 5000000 /dev/zero | tr '\\0' b >&2; wait"
+    )
+    options = ExecOptions.from_dict({**opts.to_dict(), "command_timeout": 20})
+    r = run(ssh_fleet, cmd, options, pool)
+    assert r.status is Status.OK, r.error
+    assert r.stdout_bytes == r.stderr_bytes == 5_000_000
+    assert r.stdout_truncated and r.stderr_truncated
+    assert r.stdout == "a" * (1 << 20) and r.stderr == "b" * (1 << 20)
+
+
+def test_non_utf8_output_round_trips_as_json(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    r = run(ssh_fleet, r"printf 'caf\351 \377\376 ok\n'; printf '\200' >&2", opts, pool)
+    assert r.status is Status.OK
+    assert "\ufffd" in r.stdout and r.stdout.endswith(" ok\n")
+    again = HostResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r
+
+
+def test_jump_host(ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool) -> None:
+    bastion = ssh_fleet.hosts[0]
+    host = make_host(
+        ssh_fleet, ssh_fleet.hosts[3], jump=f"{ssh_fleet.user}@{bastion.address}:{bastion.port}"
+    )
+    r = run_command(host, "echo $SSH_CONNECTION", opts, pool)
+    assert r.status is Status.OK, r.error
+    # Two transports: the bastion's, and the target's riding a channel of it.
+    assert len(pool) == 2
+    tunnelled = [e.transport for e in pool._entries.values() if e.target.jump is not None]
+    assert len(tunnelled) == 1 and isinstance(tunnelled[0].sock, paramiko.Channel)
+    assert r.stdout.split()[3] == str(ssh_fleet.hosts[3].port)
+    assert run_command(host, "true", opts, pool).connection_reused
+
+
+def _sudo_usable() -> str | None:
+    if shutil.which("sudo") is None:
+        return "sudo is not installed on the harness host"
+    if subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
+        return "`sudo -n true` fails for the harness user"
+    return None
+
+
+@pytest.mark.skipif(_sudo_usable() is not None, reason=str(_sudo_usable()))
+def test_become_runs_through_sudo(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    host = make_host(ssh_fleet, ssh_fleet.hosts[0], become=True, env={"GREETING": "hi there"})
+    r = run_command(host, 'echo "$SUDO_USER:$(id -un):$GREETING"', opts, pool)
+    assert r.status is Status.OK, (r.error, r.stderr)
+    assert r.stdout.strip() == f"{ssh_fleet.user}:root:hi there"
+
+
+def test_environment_is_quoted_and_validated(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    tricky = "a b'c\"$(touch /tmp/fleet-pwned)`x`"
+    options = ExecOptions.from_dict({**opts.to_dict(), "env": {"FLEET_RUN_ID": "r1"}})
+    host = make_host(ssh_fleet, ssh_fleet.hosts[0], env={"TRICKY": tricky})
+    r = run_command(host, 'printf "%s|%s" "$TRICKY" "$FLEET_RUN_ID"', options, pool)
+    assert r.status is Status.OK and r.stdout == f"{tricky}|r1"
+    assert not Path("/tmp/fleet-pwned").exists()
+    bad = make_host(ssh_fleet, ssh_fleet.hosts[0], env={"X;rm": "1"})
+    r = run_command(bad, "true", opts, pool)
+    assert r.status is Status.ERROR and "invalid environment variable name" in (r.error or "")
+
+
+def test_second_command_reuses_transport(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    first = run(ssh_fleet, "true", opts, pool, i=4)
+    second = run(ssh_fleet, "true", opts, pool, i=4)
+    assert (first.connection_reused, second.connection_reused) == (False, True)
+    assert len(pool) == 1
+
+
+def test_dead_connection_replaced(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    host = make_host(ssh_fleet, ssh_fleet.hosts[5])
+    assert run_command(host, "true", opts, pool).ok
+    (entry,) = pool._entries.values()
+    entry.transport.sock.close()  # the connection dies under the pool
+    r = run_command(host, "echo back", opts, pool)
+    assert r.status is Status.OK and r.stdout == "back\n", r.error
+    assert r.connection_reused is False
+
+
+def test_killed_sshd_child_replaced(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    host = make_host(ssh_fleet, ssh_fleet.hosts[5])
+    first = run_command(host, "echo $PPID", opts, pool)
+    assert first.ok
+    os.kill(int(first.stdout), 9)  # the sshd session process serving our connection
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(
+        e.transport.is_active() for e in pool._entries.values()
+    ):
+        time.sleep(0.05)
+    r = run_command(host, "echo back", opts, pool)
+    assert r.status is Status.OK and r.stdout == "back\n", r.error
+    assert r.connection_reused is False
+
+
+def test_same_new_key_connects_once(ssh_fleet: SSHFleet, opts: ExecOptions) -> None:
+    class Counting(Connector):
+        calls = 0
+
+        def connect(self, target: Any, sock: Any, options: ExecOptions) -> Any:
+            type(self).calls += 1
+            return super().connect(target, sock, options)
+
+    p = ConnectionPool(Counting())
+    host = make_host(ssh_fleet, ssh_fleet.hosts[1])
+    results: list[HostResult] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(run_command(host, "true", opts, p)))
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.close()
+    assert all(r.ok for r in results)
+    assert Counting.calls == 1
+    assert sum(r.connection_reused for r in results) == 5
+
+
+def test_ssh_config_fills_in_host(
+    ssh_fleet: SSHFleet, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    h = ssh_fleet.hosts[1]
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host web-alias\n  HostName {h.address}\n  Port {h.port}\n  User {ssh_fleet.user}\n"
+        f"  IdentityFile {ssh_fleet.client_key}\n"
+    )
+    options = make_options(ssh_fleet.known_hosts, ssh_config=str(config))
+    r = run_command(Host(name="web-alias", address="web-alias"), "echo aliased", options, pool)
+    assert r.status is Status.OK and r.stdout == "aliased\n", r.error
+
+
+def test_sftp_put_and_get(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    host = make_host(ssh_fleet, ssh_fleet.hosts[0])
+    remote = tmp_path / "remote" / "app.conf"
+    remote.parent.mkdir()
+    r = put_file(host, b"key = value\n", str(remote), 0o640, opts, pool)
+    assert r.status is Status.OK, r.error
+    assert remote.read_bytes() == b"key = value\n"
+    assert remote.stat().st_mode & 0o777 == 0o640
+    local = tmp_path / "fetched" / host.name / "app.conf"
+    r = get_file(host, str(remote), local, opts, pool)
+    assert r.status is Status.OK and r.connection_reused, r.error
+    assert local.read_bytes() == b"key = value\n"
+    missing = get_file(host, str(tmp_path / "nope"), tmp_path / "x", opts, pool)
+    assert missing.status is Status.ERROR and "No such file" in (missing.error or "")
