@@ -26,8 +26,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,7 @@ class SSHFleet:
         self.known_hosts = self.dir / "known_hosts"
         self._serving: dict[str, SSHDProcess] = {}
         self._spawned = 0
+        self._lock = threading.Lock()
         own = set(own_key)
         shared = [i for i in range(first, first + count) if host_name(i) not in own]
         groups = [shared[k : k + per_process] for k in range(0, len(shared), per_process)]
@@ -240,19 +243,34 @@ class SSHFleet:
         return process
 
     def _start_groups(self, groups: Sequence[Sequence[int]]) -> list[SSHHost]:
-        processes: list[SSHDProcess] = []
-        for group in groups:
-            key = generate_key(self.dir / f"hostkey{self._spawned + 1:03d}", "fleet-test-host")
-            hosts = [
-                SSHHost(host_name(i), host_address(i), procs.free_port(host_address(i)), key)
-                for i in group
-            ]
-            process = self._new_process(hosts)
-            process.launch()
-            processes.append(process)
-        for process in processes:
-            process.wait_ready()
-        return [h for p in processes for h in p.hosts]
+        launched = [self._launch_group(group) for group in groups]
+        # Each sshd forks per connection, so probing 200 banners one by one takes seconds.
+        with ThreadPoolExecutor(max_workers=min(16, len(groups) or 1)) as pool:
+            ready = list(pool.map(self._ready, groups, launched))
+        return [h for p in ready for h in p.hosts]
+
+    def _ready(self, group: Sequence[int], process: SSHDProcess) -> SSHDProcess:
+        for attempt in range(3):
+            try:
+                process.wait_ready()
+                return process
+            except SSHDStartError:
+                # A port picked free may be taken before sshd binds it: pick again.
+                if attempt == 2:
+                    raise
+                with self._lock:
+                    process = self._launch_group(group)
+        raise AssertionError("unreachable")
+
+    def _launch_group(self, group: Sequence[int]) -> SSHDProcess:
+        key = generate_key(self.dir / f"hostkey{self._spawned + 1:03d}", "fleet-test-host")
+        hosts = [
+            SSHHost(host_name(i), host_address(i), procs.free_port(host_address(i)), key)
+            for i in group
+        ]
+        process = self._new_process(hosts)
+        process.launch()
+        return process
 
     def _start_serving(self, hosts: Sequence[SSHHost]) -> SSHDProcess:
         # Ports are fixed here (a restarted host keeps its address and port).
