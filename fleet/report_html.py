@@ -94,15 +94,16 @@ def _histogram(results: Sequence[HostResult]) -> str:
     for d in durations:
         bins[min(int(d / step), _BINS - 1)] += 1
     most = max(bins)
-    bar_w, height = 32, 140
+    bar_w, height, top_margin = 32, 140, 16  # the margin holds the tallest bar's count
     parts = [
-        f'<svg width="{bar_w * _BINS + 10}" height="{height + 40}" '
+        f'<svg width="{bar_w * _BINS + 10}" height="{top_margin + height + 40}" '
         'role="img" aria-label="duration histogram">'
+        f'<g transform="translate(0 {top_margin})">'
     ]
     for i, n in enumerate(bins):
         h = round(height * n / most)
         x = i * bar_w + 5
-        span = f"{format_seconds(i * step)} to {format_seconds((i + 1) * step)}"
+        span = f"{i * step:.3g} s to {(i + 1) * step:.3g} s"
         parts.append(
             f'<rect x="{x}" y="{height - h}" width="{bar_w - 4}" height="{h}" fill="#1565c0">'
             f"<title>{span}: {n} host(s)</title></rect>"
@@ -113,7 +114,7 @@ def _histogram(results: Sequence[HostResult]) -> str:
         f'<text x="5" y="{height + 16}" font-size="12">0</text>'
         f'<text x="{bar_w * _BINS - 40}" y="{height + 16}" font-size="12">'
         f"{format_seconds(top)}</text>"
-        f'<text x="5" y="{height + 34}" font-size="12">duration per host</text></svg>'
+        f'<text x="5" y="{height + 34}" font-size="12">duration per host</text></g></svg>'
     )
     return "".join(parts)
 

@@ -158,7 +158,8 @@ def test_color_false_has_no_escape_sequences_at_all() -> None:
     assert not CONTROL.search(text)
 
 
-def test_color_true_is_styled() -> None:
+def test_color_true_is_styled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)  # rich honours it even when told to colour
     assert SGR.search(render.render_text(fleet_of_twelve(), color=True))
 
 
@@ -321,7 +322,8 @@ def test_exit_code() -> None:
     assert render.exit_code(make_report([HostResult("a", Status.SKIPPED)])) == 1
 
 
-def test_runs_table_and_json() -> None:
+def test_runs_table_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
     report = fleet_of_twelve()
     runs = [
         report.run,
