@@ -1,0 +1,46 @@
+"""connection: local on the worker: bounds and process-group killing, for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.execute import ExecOptions, execute
+from fleet.hosts import Host
+from fleet.results import HostResult, Status
+
+LOCAL = Host(name="localhost", address="localhost", connection="local")
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    cmd = f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; echo started; sleep 60"
+    t0 = time.monotonic()
+    r = execute(LOCAL, cmd, ExecOptions(command_timeout=1.0))
+    assert time.monotonic() - t0 < 3
+    assert r.status is Status.TIMEOUT and r.stdout == "started\n"
+    assert r.remote_kill_confirmed is True and r.exit_code is None
+    for pid in map(int, pids.read_text().split()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_stdin_closed_and_large_output() -> None:
+    t0 = time.monotonic()
+    assert execute(LOCAL, "cat", ExecOptions(command_timeout=5)).ok
+    assert time.monotonic() - t0 < 1
+    cmd = (
+        "head -c 5000000 /dev/zero | tr '\\0' a & head -c 5000000 /dev/zero | tr '\\0' b >&2; wait"
+    )
+    r = execute(LOCAL, cmd, ExecOptions(command_timeout=20))
+    assert r.ok and r.stdout_bytes == r.stderr_bytes == 5_000_000
+    assert r.stdout_truncated and len(r.stdout) == 1 << 20
+
+
+def test_non_utf8_is_json_safe() -> None:
+    r = execute(LOCAL, r"printf '\377\376'", ExecOptions())
+    assert HostResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r

@@ -1,0 +1,95 @@
+"""ExecOptions, command wrapping (env, sudo), capped buffers and the dispatcher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ConfigError
+from fleet.execute import CappedBuffer, ExecOptions, build_invocation, execute
+from fleet.hosts import Host
+from fleet.results import Status
+from fleet.settings import Settings
+
+
+def test_options_round_trip_through_json() -> None:
+    options = ExecOptions(command_timeout=5, env={"FLEET_RUN_ID": "r1"}, become=True)
+    again = ExecOptions.from_dict(json.loads(json.dumps(options.to_dict())))
+    assert again == options
+    assert again.to_dict()["env"] == {"FLEET_RUN_ID": "r1"}
+
+
+def test_options_from_settings_and_overrides() -> None:
+    settings = Settings.load(env={"FLEET_COMMAND_TIMEOUT": "7", "FLEET_SSH_CONFIG": "none"})
+    options = ExecOptions.from_settings(settings, connect_timeout=2.0)
+    assert options.command_timeout == 7 and options.connect_timeout == 2.0
+    assert options.known_hosts == settings.known_hosts
+    assert options.ssh_config_path is None
+    with pytest.raises(ConfigError):
+        ExecOptions.from_settings(settings, nope=1)
+
+
+@pytest.mark.parametrize("name", ["1X", "A-B", "X;rm -rf /", "", "A B"])
+def test_bad_env_names_rejected(name: str) -> None:
+    with pytest.raises(ConfigError):
+        ExecOptions(env={name: "v"})
+    with pytest.raises(ConfigError):
+        build_invocation(Host(name="h", address="h", env={name: "v"}), "true", ExecOptions())
+
+
+def test_env_is_quoted_inline() -> None:
+    host = Host(name="h", address="h", env={"A": "x'y $(id)"})
+    inv = build_invocation(host, "echo $A", ExecOptions(env={"B": "2"}))
+    out = subprocess.run(list(inv.argv), capture_output=True, text=True, check=True).stdout
+    assert out == "x'y $(id)\n"
+    assert "B=2" in inv.argv[-1] and not inv.become
+
+
+def test_become_wraps_with_sudo_n() -> None:
+    host = Host(name="h", address="h", become=True, become_user="postgres")
+    inv = build_invocation(host, "id", ExecOptions())
+    assert inv.argv[:5] == ("sudo", "-n", "-u", "postgres", "--") and inv.become
+    assert build_invocation(host, "id", ExecOptions(become=False)).argv[0] == "/bin/sh"
+    plain = Host(name="h", address="h")
+    assert build_invocation(plain, "id", ExecOptions(become=True, become_user="x")).argv[:4] == (
+        "sudo",
+        "-n",
+        "-u",
+        "x",
+    )
+
+
+def test_sudo_password_only_by_reference() -> None:
+    host = Host(name="h", address="h", become=True, become_password_env="SUDO_PW")
+    inv = build_invocation(host, "id", ExecOptions())
+    assert inv.argv[:4] == ("sudo", "-S", "-p", "") and inv.sudo_password_env == "SUDO_PW"
+
+
+def test_capped_buffer() -> None:
+    buf = CappedBuffer(4)
+    for chunk in (b"ab", b"cd", b"ef"):
+        buf.feed(chunk)
+    assert (buf.text(), buf.total, buf.truncated) == ("abcd", 6, True)
+    half = CappedBuffer(2)
+    half.feed("é".encode() + b"x")
+    assert half.text() == "é" and not CappedBuffer(9).truncated
+
+
+def test_execute_dispatches_local_without_paramiko(tmp_path: Path) -> None:
+    code = (
+        "import sys; from fleet.execute import execute, ExecOptions; from fleet.hosts import Host;"
+        "r = execute(Host(name='l', address='localhost', connection='local'), 'echo hi',"
+        " ExecOptions()); assert r.stdout == 'hi\\n', r;"
+        "assert 'paramiko' not in sys.modules, 'paramiko imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_execute_ssh_host_never_raises() -> None:
+    host = Host(name="bad", address="127.0.0.1", port=1, user="x", jump="@:")
+    result = execute(host, "true", ExecOptions(connect_timeout=0.5, ssh_config=None))
+    assert result.status is Status.ERROR

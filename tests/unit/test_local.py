@@ -1,0 +1,54 @@
+"""connection: local — quick checks of the subprocess runner and local file copies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fleet.execute import ExecOptions
+from fleet.hosts import Host
+from fleet.local import get_local, put_local, run_local
+from fleet.results import Status
+
+LOCAL = Host(name="localhost", address="localhost", connection="local")
+
+
+def test_ok_and_failed() -> None:
+    ok = run_local(LOCAL, "echo out; echo err >&2", ExecOptions())
+    assert (ok.status, ok.exit_code, ok.stdout, ok.stderr) == (Status.OK, 0, "out\n", "err\n")
+    assert ok.started_at and ok.duration_s is not None
+    bad = run_local(LOCAL, "exit 3", ExecOptions())
+    assert bad.status is Status.FAILED and bad.exit_code == 3
+
+
+def test_env_and_bad_env() -> None:
+    host = Host(name="l", address="l", connection="local", env={"A": "1 2"})
+    r = run_local(host, 'echo "$A-$B"', ExecOptions(env={"B": "b"}))
+    assert r.stdout == "1 2-b\n"
+    bad = Host(name="l", address="l", connection="local", env={"A=B": "x"})
+    assert run_local(bad, "true", ExecOptions()).status is Status.ERROR
+
+
+def test_missing_sudo_password_env_is_error() -> None:
+    host = Host(
+        name="l", address="l", connection="local", become=True, become_password_env="NOPE_PW"
+    )
+    r = run_local(host, "true", ExecOptions())
+    assert r.status is Status.ERROR and "NOPE_PW" in (r.error or "")
+
+
+def test_put_and_get(tmp_path: Path) -> None:
+    target = tmp_path / "a.conf"
+    r = put_local(LOCAL, b"x=1\n", str(target), 0o600, ExecOptions())
+    assert r.ok and target.read_bytes() == b"x=1\n" and target.stat().st_mode & 0o777 == 0o600
+    src = tmp_path / "src"
+    src.write_bytes(b"abc")
+    assert put_local(LOCAL, src, str(target), 0o644, ExecOptions()).ok
+    assert target.read_bytes() == b"abc"
+    fetched = tmp_path / "out" / "localhost" / "a.conf"
+    assert get_local(LOCAL, str(target), fetched, ExecOptions()).ok
+    assert fetched.read_bytes() == b"abc"
+    missing = get_local(LOCAL, str(tmp_path / "nope"), fetched, ExecOptions())
+    assert missing.status is Status.ERROR
+    denied = put_local(LOCAL, b"x", str(tmp_path / "no" / "dir" / "f"), 0o600, ExecOptions())
+    assert denied.status is Status.ERROR and not os.path.exists(tmp_path / "no")
