@@ -151,10 +151,11 @@ def kill_remote(transport: Any, pid: int | None, become: bool) -> tuple[bool, st
     # Orphaned children end as zombies until init reaps them (in containers maybe
     # never), and `kill -0` counts zombies: ask ps for live members of the session
     # (sshd made the command a session leader), falling back to kill -0.
+    # A ps without -s (busybox) must not read as "nothing left": probe it first.
     script = (
-        "alive() { if command -v ps >/dev/null 2>&1; then "
-        f"ps -o stat= -s {pid} 2>/dev/null | grep -q '^[^Z]'; "
-        f"else {kill} -0 {group} 2>/dev/null; fi; }}; "
+        "if ps -o stat= -s $$ >/dev/null 2>&1; then "
+        f"alive() {{ ps -o stat= -s {pid} 2>/dev/null | grep -q '^[^Z]'; }}; "
+        f"else alive() {{ {kill} -0 {group} 2>/dev/null; }}; fi; "
         f"{kill} -TERM {group} 2>/dev/null; i=0; "
         "while alive && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; "
         f"if alive; then {kill} -KILL {group} 2>/dev/null; sleep 0.1; fi; "

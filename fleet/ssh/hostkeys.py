@@ -130,8 +130,11 @@ class HostKeyPolicy:
                     self._check(name, key, known)
                     return
                 line = f"{name} {key.get_name()} {key.get_base64()}\n"
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = "\n" + line  # a hand-edited file without a final newline
                     os.write(fd, line.encode())
                 finally:
                     os.close(fd)

@@ -441,3 +441,13 @@ def test_pool_is_bounded(env: dict[str, Any]) -> None:
         assert run_command(host, "true", options, pool).ok
     assert len(pool) == 2
     pool.close()
+
+
+def test_recorded_key_starts_on_its_own_line(env: dict[str, Any]) -> None:
+    env["known"].write_text(env["known"].read_text().rstrip("\n"))  # hand-edited, no final newline
+    options = ExecOptions.from_dict({**env["options"].to_dict(), "accept_new_host_keys": True})
+    host = Host.from_dict({**env["host"].to_dict(), "port": 2201})
+    assert run_command(host, "true", options, make_pool()).ok
+    lines = env["known"].read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[10.0.0.1]:2201 ssh-rsa ")
+    assert run_command(env["host"], "true", options, make_pool()).ok  # first entry intact
