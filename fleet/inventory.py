@@ -36,7 +36,14 @@ import yaml
 
 from fleet.errors import InventoryError, InventoryProblem, PatternError
 from fleet.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
-from fleet.inventory_schema import InventorySpec, Schedule, check_inventory, show
+from fleet.inventory_schema import (
+    InventorySpec,
+    Schedule,
+    check_inventory,
+    join_path,
+    printable,
+    show,
+)
 from fleet.noderange import expand_hosts, fold_hosts
 from fleet.patterns import resolve_pattern
 
@@ -122,16 +129,26 @@ def parse_inventory(text: str, source: str) -> Inventory:
     problems: list[InventoryProblem] = []
     if len(text) > MAX_FILE_BYTES:
         raise InventoryError(source, InventoryProblem("", "file is larger than 16 MiB"))
-    loader = _Loader(text, problems)
+    loader = None
     try:
+        loader = _Loader(text, problems)  # the reader checks every character up front
         data = loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        code = f"{char:#06x}" if isinstance(char, int) else show(char)
+        message = f"character {code} is not allowed in YAML"
+        raise InventoryError(
+            source, [*problems, InventoryProblem(f"line {line}", message)]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         raise InventoryError(source, [*problems, _yaml_problem(exc)]) from None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        problem = InventoryProblem("", f"cannot parse YAML: {exc}".replace("\n", " "))
+        problem = InventoryProblem("", printable(f"cannot parse YAML: {exc}"))
         raise InventoryError(source, [*problems, problem]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     spec = check_inventory(data, problems)
     if problems:
         raise InventoryError(source, problems)
@@ -150,7 +167,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> InventoryProblem:
     mark = exc.problem_mark or exc.context_mark
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     words = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-    return InventoryProblem(where, " ".join(words.split()) or "YAML syntax error")
+    return InventoryProblem(where, printable(" ".join(words.split())) or "YAML syntax error")
 
 
 class _Loader(yaml.SafeLoader):
@@ -199,9 +216,7 @@ class _Loader(yaml.SafeLoader):
             for key_node, value_node in node.value:
                 label = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
                 total += self._weigh(key_node, path, weights, active)
-                total += self._weigh(
-                    value_node, f"{path}.{label}" if path else label, weights, active
-                )
+                total += self._weigh(value_node, join_path(path, label), weights, active)
                 if total > MAX_NODES:
                     break
         elif isinstance(node, yaml.SequenceNode):

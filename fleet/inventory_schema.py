@@ -54,8 +54,17 @@ class Schedule:
                 "every": self.every, "timeout": self.timeout}  # fmt: skip
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+def join_path(path: str, key: object) -> str:
+    """`path` extended by `key`; a key that would not print plainly is shown escaped."""
+    text = key if isinstance(key, str) else str(key)
+    if not text or not all(c.isprintable() and not c.isspace() for c in text):
+        text = show(text)
+    return f"{path}.{text}" if path else text
+
+
+def printable(text: str) -> str:
+    """`text` on one line, with control characters escaped (for library messages we pass on)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(slots=True)
@@ -103,7 +112,7 @@ class _Checker:
     def unknown_keys(self, data: dict[Any, Any], path: str, allowed: tuple[str, ...]) -> None:
         for key in data:
             if key not in allowed:
-                where = _join(path, str(key))
+                where = join_path(path, key)
                 self.add(where, f"unknown key {show(key)} (allowed: {', '.join(allowed)})")
 
     def mapping(self, raw: Any, path: str, what: str) -> dict[Any, Any]:
@@ -117,7 +126,7 @@ class _Checker:
     def host_vars(self, raw: Any, path: str) -> dict[str, Any]:
         checked: dict[str, Any] = {}
         for key, value in self.mapping(raw, path, "variables").items():
-            where = _join(path, str(key))
+            where = join_path(path, key)
             if not isinstance(key, str) or not key:
                 self.add(where, f"variable names must be non-empty strings, got {show(key)}")
             elif key in SECRET_KEYS:
@@ -132,7 +141,7 @@ class _Checker:
     def groups(self, raw: Any) -> dict[str, GroupSpec]:
         groups: dict[str, GroupSpec] = {}
         for name, body in self.mapping(raw, "groups", "group names to groups").items():
-            path = _join("groups", str(name))
+            path = join_path("groups", name)
             if problem := name_problem(name, "group name"):
                 self.add(path, problem)
             elif name == "all":
@@ -143,7 +152,7 @@ class _Checker:
         hosts = {h for group in groups.values() for h in group.hosts}
         for name in groups:
             if name in hosts:
-                self.add(_join("groups", name), f"{name!r} names both a group and a host")
+                self.add(join_path("groups", name), f"{name!r} names both a group and a host")
         return groups
 
     def group(self, body: Any, path: str) -> GroupSpec:
@@ -176,7 +185,7 @@ class _Checker:
         origin: dict[str, str] = {}
         twice: dict[tuple[str, str], list[str]] = {}
         for key, value in self.mapping(raw, path, "host names to host vars").items():
-            where = _join(path, str(key))
+            where = join_path(path, key)
             if not isinstance(key, str):
                 self.add(where, f"host names must be strings, got {show(key)} (quote it)")
                 continue
@@ -229,7 +238,7 @@ class _Checker:
     def schedules(self, raw: Any) -> dict[str, Schedule]:
         schedules: dict[str, Schedule] = {}
         for name, body in self.mapping(raw, "schedules", "schedule names to schedules").items():
-            path = _join("schedules", str(name))
+            path = join_path("schedules", name)
             if problem := name_problem(name, "schedule name"):
                 self.add(path, problem)
                 continue

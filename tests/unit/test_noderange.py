@@ -1,0 +1,128 @@
+"""Node ranges: expansion and folding over ClusterShell's NodeSet, behind our own gate."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.errors import PatternError
+from fleet.noderange import MAX_RANGE_HOSTS, count_range, expand_hosts, fold_hosts, name_problem
+
+
+def test_plain_name_expands_to_itself() -> None:
+    assert expand_hosts("web01.example.com") == ["web01.example.com"]
+
+
+def test_padded_range() -> None:
+    assert expand_hosts("web[01-12]") == [f"web{i:02d}" for i in range(1, 13)]
+
+
+def test_list_and_range() -> None:
+    assert expand_hosts("db[1-3,7]") == ["db1", "db2", "db3", "db7"]
+
+
+def test_two_dimensions() -> None:
+    assert expand_hosts("rack[1-2]-node[01-04]") == [
+        f"rack{r}-node{n:02d}" for r in (1, 2) for n in range(1, 5)
+    ]
+
+
+def test_range_with_suffix_and_step() -> None:
+    assert expand_hosts("web[1-5/2].example.com") == [
+        "web1.example.com",
+        "web3.example.com",
+        "web5.example.com",
+    ]
+
+
+def test_fold_example() -> None:
+    assert fold_hosts(["web01", "web02", "web03", "web04", "web07"]) == "web[01-04,07]"
+
+
+def test_fold_mixed_names_and_duplicates() -> None:
+    assert fold_hosts(["db2", "web2", "db1", "db1", "localhost"]) == "db[1-2],localhost,web2"
+
+
+def test_fold_empty() -> None:
+    assert fold_hosts([]) == ""
+
+
+def test_fold_keeps_odd_names_verbatim() -> None:
+    # A name NodeSet would parse as an operator or a range is shown as it is.
+    assert fold_hosts(["web1", "a,b", "x[1]"]) == "web1,a,b,x[1]"
+
+
+def test_fold_round_trips_expand() -> None:
+    names = expand_hosts("rack[1-3]-node[01-10]")
+    assert sorted(expand_hosts(fold_hosts(names))) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "web[",
+        "web]",
+        "web[1-3",
+        "web[a-b]",
+        "web[3-1]",
+        "web[]",
+        "web[1-[2]]",
+        "web[1-2/0]",
+        "web[01-100]",  # padding mismatch, NodeSet's own check
+        "web[1 - 3]",
+    ],
+)
+def test_malformed_ranges_raise_pattern_error(text: str) -> None:
+    with pytest.raises(PatternError, match="range"):
+        expand_hosts(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["web1,web2", "web[1-3]!web2", "@group", "web&db", "web*", "a b", "-oProxy", ""]
+)
+def test_nodeset_operators_and_bad_names_are_refused(text: str) -> None:
+    with pytest.raises(PatternError):
+        expand_hosts(text)
+
+
+def test_huge_range_is_refused_without_expanding() -> None:
+    start = time.perf_counter()
+    with pytest.raises(PatternError, match=f"more than {MAX_RANGE_HOSTS}"):
+        expand_hosts("node[1-100000000]")
+    with pytest.raises(PatternError, match="more than"):
+        expand_hosts("r[1-1000]-n[1-1000]")
+    with pytest.raises(PatternError):
+        expand_hosts("node[1-" + "9" * 5000 + "]")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_count_range() -> None:
+    assert count_range("r[1-2]-n[01-04,07]") == 10
+    assert count_range("web[1-9/2]") == 5
+
+
+def test_largest_allowed_range_expands() -> None:
+    assert len(expand_hosts(f"n[1-{MAX_RANGE_HOSTS}]")) == MAX_RANGE_HOSTS
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "empty"),
+        ("-x", "starts with '-'"),
+        ("a b", "whitespace"),
+        ("a\tb", "whitespace"),
+        ("a\x1bb", "control"),
+        ("a:b", "reserve"),
+        (5, "must be a string"),
+    ],
+)
+def test_name_problem(name: object, fragment: str) -> None:
+    problem = name_problem(name)
+    assert problem is not None and fragment in problem
+
+
+def test_good_names() -> None:
+    for name in ("web01", "web01.example.com", "10.0.0.1", "db_1", "x-y"):
+        assert name_problem(name) is None
