@@ -197,7 +197,7 @@ def test_split_keeps_commas_inside_brackets() -> None:
 
 
 def test_many_hosts_select_linear() -> None:
-    text = "groups:\n  big: {hosts: {n[00001-10000]: {}}}\n  few: {hosts: {n00005: {}}}\n"
+    text = "groups:\n  big: {hosts: {'n[00001-10000]': {}}}\n  few: {hosts: {n00005: {}}}\n"
     inv = parse_inventory(text, "big.yaml")
     assert len(inv.hosts) == 10000
     assert len(inv.select("big:!few")) == 9999
