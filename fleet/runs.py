@@ -93,6 +93,7 @@ def submit_run(
     embedded = settings.is_embedded
     if not embedded:
         check_broker(app, settings)
+
     run = RunRecord(
         run_id=run_id or new_run_id(),
         command=request.command,
@@ -115,6 +116,7 @@ def submit_run(
     callback = aggregate.s(run.run_id).set(queue=DEFAULT_QUEUE, expires=expires)
     try:
         chord(group(members), callback).apply_async()
+        _release_subscriptions(app)
     except Exception as exc:
         # Whatever was published before the failure must not run: a cancelled run refuses.
         store.set_state(run.run_id, "cancelled")
@@ -123,6 +125,22 @@ def submit_run(
             f"run {run.run_id}: {exc}; the run was cancelled"
         ) from exc
     return run
+
+
+def _release_subscriptions(app: Any) -> None:
+    """Drop the result subscriptions Celery's group made while publishing.
+
+    The submitter follows progress through the run store, never through Celery results.
+    Left pending, the Redis backend unsubscribes them from `AsyncResult.__del__` at
+    interpreter exit, when it can no longer talk to Redis (a traceback on stderr).
+    """
+    backend = app.backend
+    pending = getattr(backend, "_pending_results", None)
+    if pending is None:
+        return
+    for by_id in list(pending.concrete.values()) + list(pending.weak.values()):
+        for result in list(by_id.values()):
+            backend.remove_pending_result(result)
 
 
 def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
