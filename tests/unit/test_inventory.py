@@ -20,6 +20,15 @@ from fleet.inventory_schema import show
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(params=["libyaml", "python"])
+def both_parsers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test on libyaml's event parser and on PyYAML's pure-Python fallback."""
+    import fleet.inventory as module
+
+    if request.param == "python":
+        monkeypatch.setattr(module, "_LOADER", module._PyLoader)
+
+
 def problems(text: str) -> list[str]:
     """Every problem line of loading `text` (which must fail)."""
     with pytest.raises(InventoryError) as err:
@@ -383,6 +392,7 @@ def test_unknown_child_group() -> None:
     assert problems(text) == ["groups.prod.children: unknown group 'wbe' (known: db, prod, web)"]
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_duplicate_mapping_keys() -> None:
     text = "groups:\n  web:\n    hosts:\n      w1: {}\n      w1: {port: 2}\n  web:\n    hosts: {}\n"
     assert problems(text) == [
@@ -391,12 +401,14 @@ def test_duplicate_mapping_keys() -> None:
     ]
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_duplicate_keys_in_flow_mappings_and_defaults() -> None:
     assert one_problem("defaults: {user: a, port: 1, user: b}") == (
         "defaults: duplicate key 'user' (lines 1 and 1)"
     )
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_merge_keys_may_be_overridden() -> None:
     text = """
 defaults: &base {user: a, port: 2}
@@ -519,21 +531,25 @@ def test_show() -> None:
 # --- YAML: syntax, tags, limits ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_yaml_syntax_error_is_one_line_with_its_place() -> None:
     found = one_problem("groups:\n  web: {hosts: [a\n  db: x: y\n")
     assert found.startswith("line ") and "\n" not in found
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_yaml_syntax_error_line_number() -> None:
     assert one_problem("groups:\n  web:\n    hosts: {a: b\n").startswith("line 4, column 1: ")
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_control_character_in_yaml_is_a_problem() -> None:
     assert one_problem('defaults: {x: y}\ngroups: {"\x1b": {}}') == (
         "line 2: character 0x001b is not allowed in YAML"
     )
 
 
+@pytest.mark.usefixtures("both_parsers")
 @pytest.mark.parametrize(
     "tag",
     [
@@ -549,6 +565,7 @@ def test_unsafe_tags_are_refused_not_executed(tag: str) -> None:
     assert not Path("/tmp/pwned-fleet").exists()
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_billion_laughs_is_refused_quickly() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 10):
@@ -560,11 +577,13 @@ def test_billion_laughs_is_refused_quickly() -> None:
     assert any("aliases expand to more than" in p for p in found)
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_recursive_alias_is_refused() -> None:
     found = one_problem("defaults: &a {x: *a}\n")
     assert "refers to its own parent" in found or "alias" in found
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_deep_nesting_is_refused_quickly() -> None:
     depth = 100_000
     start = time.perf_counter()
@@ -573,6 +592,7 @@ def test_deep_nesting_is_refused_quickly() -> None:
     assert f"nested deeper than {MAX_DEPTH} levels" in found
 
 
+@pytest.mark.usefixtures("both_parsers")
 def test_giant_integer_is_a_problem_not_a_crash() -> None:
     found = problems("defaults: {port: " + "9" * 10000 + "}")
     assert len(found) == 1 and "cannot parse YAML" in found[0]
