@@ -213,40 +213,51 @@ class _Checks(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.res
 
     def compose_document(self) -> Any:
         node: Any = super().compose_document()
-        weights: dict[int, int] = {}
-        if self._weigh(node, "", weights, set()) > MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"aliases expand to more than {MAX_NODES} nodes", node.start_mark
-            )
+        self._weigh(node, "", {}, set())
         return node
 
-    def _weigh(self, node: Any, path: str, weights: dict[int, int], active: set[int]) -> int:
-        """Nodes under `node` once aliases are expanded; records mapping paths on the way."""
+    def _weigh(
+        self, node: Any, path: str, seen: dict[int, tuple[int, int]], active: set[int]
+    ) -> tuple[int, int]:
+        """(nodes, height) of `node` once aliases are expanded; records mapping paths.
+
+        Raises `ComposerError` past `MAX_NODES` or `MAX_DEPTH`: what the checks and the
+        JSON encoder walk later is the expanded tree, not the text.
+        """
         key = id(node)
-        if key in weights:
-            return weights[key]
+        if key in seen:
+            return seen[key]
         if key in active:
             raise yaml.composer.ComposerError(
                 None, None, "an alias refers to its own parent", node.start_mark
             )
         active.add(key)
-        total = 1
+        children: list[tuple[Any, str]] = []
         if isinstance(node, yaml.MappingNode):
             self.paths[key] = path
             for key_node, value_node in node.value:
                 label = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-                total += self._weigh(key_node, path, weights, active)
-                total += self._weigh(value_node, join_path(path, label), weights, active)
-                if total > MAX_NODES:
-                    break
+                children += [(key_node, path), (value_node, join_path(path, label))]
         elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                total += self._weigh(item, f"{path}[{i}]", weights, active)
-                if total > MAX_NODES:
-                    break
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        total, height = 1, 0
+        for child, child_path in children:
+            size, depth = self._weigh(child, child_path, seen, active)
+            total, height = total + size, max(height, depth)
+            if total > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand to more than {MAX_NODES} nodes", node.start_mark
+                )
+        if height + 1 > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels through aliases",
+                node.start_mark,
+            )
         active.discard(key)
-        weights[key] = total
-        return total
+        seen[key] = (total, height + 1)
+        return seen[key]
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):

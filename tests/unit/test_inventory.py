@@ -593,6 +593,14 @@ def test_deep_nesting_is_refused_quickly() -> None:
 
 
 @pytest.mark.usefixtures("both_parsers")
+def test_deep_nesting_through_aliases_is_refused() -> None:
+    lines = ["a0: &a0 [[[[[[[[[[x]]]]]]]]]]"]
+    lines += [f"a{i}: &a{i} [[[[[[[[[[*a{i - 1}]]]]]]]]]]" for i in range(1, 40)]
+    found = one_problem("\n".join(lines) + "\ndefaults: {x: *a39}\n")
+    assert "through aliases" in found
+
+
+@pytest.mark.usefixtures("both_parsers")
 def test_giant_integer_is_a_problem_not_a_crash() -> None:
     found = problems("defaults: {port: " + "9" * 10000 + "}")
     assert len(found) == 1 and "cannot parse YAML" in found[0]
