@@ -68,7 +68,9 @@ def run(
         accept_new_host_keys=accept_new_host_keys,
     )
     hosts = load_inventory(settings.inventory).select(pattern)
-    options = ExecOptions.from_settings(settings, become=True if sudo else None, env=dict(env or {}))
+    options = ExecOptions.from_settings(
+        settings, become=True if sudo else None, env=dict(env or {})
+    )
     session = RunSession(settings).__enter__()
     try:
         record = session.submit(RunRequest(command, pattern, hosts, options, settings.deadline))

@@ -92,16 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-g", "--group", required=True, help="pattern selecting the hosts")
     run.add_argument("--timeout", type=_positive, help="command wall time per host, seconds")
     run.add_argument("--connect-timeout", type=_positive, help="connect + banner, seconds")
-    run.add_argument("--deadline", type=_positive, help="whole run; hosts without a result "
-                     "by then are 'lost' (default: from the timeouts)")
+    run.add_argument(
+        "--deadline",
+        type=_positive,
+        help="whole run; hosts without a result by then are 'lost' (default: from the timeouts)",
+    )
     run.add_argument("--json", action="store_true", help="the JSON report on stdout")
     run.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
-    run.add_argument("--accept-new-host-keys", action="store_true", default=None,
-                     help="record unknown host keys on first use (changed keys stay rejected)")
+    run.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        default=None,
+        help="record unknown host keys on first use (changed keys stay rejected)",
+    )
     run.add_argument("--sudo", action="store_true", help="run through sudo -n")
     run.add_argument("--sudo-user", help="with --sudo: run as this user")
-    run.add_argument("--env", action="append", default=[], metavar="K=V",
-                     help="environment variable for the command (repeatable)")
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment variable for the command (repeatable)",
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
     run.set_defaults(handler=cmd_run)
 
@@ -171,7 +183,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         rows.append((h.name, h.address, str(h.port), h.user or "-", h.queue or "-", h.connection))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(make_visible("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()))
+        print(
+            make_visible("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        )
     print(f"{len(hosts)} host(s)", file=sys.stderr)
     return EXIT_OK
 
@@ -203,7 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from fleet.console import ProgressDisplay
 
         try:
-            with ProgressDisplay(args.command, len(hosts), enabled=None if not args.json else False) as bar:
+            with ProgressDisplay(
+                args.command, len(hosts), enabled=None if not args.json else False
+            ) as bar:
                 report = session.follow(run.run_id, on_progress=bar.update)
         except KeyboardInterrupt:
             return _detach(session, run.run_id)

@@ -148,7 +148,9 @@ def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
     url = redact_url(settings.broker_url or "")
     try:
         with app.connection_for_write(connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
     except Exception as exc:
         raise BackendError(f"broker at {url} unreachable: {_reason(exc)}") from exc
 
@@ -232,4 +234,3 @@ def report_for(store: RunStore, run_id: str) -> RunReport:
         return final
     run = store.get_run(run_id)
     return RunReport.assemble(run, list(store.results(run_id).values()))
-

@@ -55,9 +55,7 @@ class Settings:
         return self.connect_timeout + self.auth_timeout + self.command_timeout + 60.0
 
     @classmethod
-    def load(
-        cls, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Resolve settings from overrides (None means "not given"), environment, defaults.
 
         Raises `ConfigError` naming the variable when an environment value has the wrong type.
@@ -79,12 +77,13 @@ class Settings:
         if not settings.home:
             settings = _replace(settings, home=_default_home())
         if not settings.known_hosts:
-            settings = _replace(
-                settings, known_hosts=str(Path(settings.home) / "known_hosts")
-            )
-        if settings.broker_url and not settings.result_backend:
-            if settings.broker_url.startswith(("redis://", "rediss://")):
-                settings = _replace(settings, result_backend=settings.broker_url)
+            settings = _replace(settings, known_hosts=str(Path(settings.home) / "known_hosts"))
+        if (
+            settings.broker_url
+            and not settings.result_backend
+            and settings.broker_url.startswith(("redis://", "rediss://"))
+        ):
+            settings = _replace(settings, result_backend=settings.broker_url)
         if settings.result_backend and not settings.store_url:
             settings = _replace(settings, store_url=settings.result_backend)
         return settings

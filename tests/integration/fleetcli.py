@@ -61,7 +61,9 @@ class FleetCLI:
         try:
             doc = json.loads(proc.stdout)
         except json.JSONDecodeError:
-            raise AssertionError(f"not JSON (rc={proc.returncode}): {proc.stdout!r} {proc.stderr}")
+            raise AssertionError(
+                f"not JSON (rc={proc.returncode}): {proc.stdout!r} {proc.stderr}"
+            ) from None
         return proc.returncode, doc
 
 

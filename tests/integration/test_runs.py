@@ -76,7 +76,7 @@ def test_run_over_22_hosts_all_ok_with_json_contract(
         assert key in doc
     assert doc["pattern"] == "web"
     for result in doc["results"]:
-        assert JSON_RESULT_KEYS <= set(result)
+        assert set(result) >= JSON_RESULT_KEYS
         assert result["stdout"].startswith(f"hello from {result['host']}\n")
         assert result["exit_code"] == 0 and result["worker"] in {"a@testnode", "b@testnode"}
     # Plain text when not on a terminal: no colour codes, gathered output, a summary.
@@ -194,14 +194,14 @@ def test_ctrl_c_detaches_and_report_shows_the_whole_run(
     proc = cli.popen(["run", ledger.command("sleep 3; echo late"), "--group", "web"])
     wait_until(lambda: len(ledger.hosts()) >= 1, timeout=30)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "fleet report " in err
     run_id = err.split("fleet report ")[1].split()[0]
 
     def finished() -> bool:
-        rc, doc = cli.run_json(["report", run_id])
+        _rc, doc = cli.run_json(["report", run_id])
         return len(doc["results"]) == len(ssh_fleet.hosts) and doc["state"] == "finished"
 
     wait_until(finished, timeout=60, interval=0.5)
@@ -219,7 +219,7 @@ def test_cancel_leaves_unstarted_hosts_cancelled_and_unrun(
     run_id = _latest_run_id(cli)
     cancel = cli.run(["cancel", run_id])
     assert cancel.returncode == 0, cancel.stderr
-    out, err = proc.communicate(timeout=60)
+    out, _err = proc.communicate(timeout=60)
     doc = json.loads(out)
     got = statuses(doc)
     ran = set(ledger.hosts())
@@ -248,9 +248,7 @@ def test_two_concurrent_runs_keep_separate_results_and_are_listed(
     start_worker(concurrency=8, env=cli.env)
     names = [h.name for h in ssh_fleet.hosts]
     first = cli.popen(["run", ledger.command("echo one"), "--group", "web", "--json"])
-    second = cli.popen(
-        ["run", ledger.command("echo two"), "--group", f"web:!{names[0]}", "--json"]
-    )
+    second = cli.popen(["run", ledger.command("echo two"), "--group", f"web:!{names[0]}", "--json"])
     doc1 = json.loads(first.communicate(timeout=90)[0])
     doc2 = json.loads(second.communicate(timeout=90)[0])
     assert doc1["run_id"] != doc2["run_id"]
@@ -260,15 +258,18 @@ def test_two_concurrent_runs_keep_separate_results_and_are_listed(
     for name in names[1:]:
         assert sorted(ledger.lines(name)) == sorted([doc1["run_id"], doc2["run_id"]])
     assert ledger.lines(names[0]) == [doc1["run_id"]]
-    rc, listing = cli.run_json(["runs"])
+    _, listing = cli.run_json(["runs"])
     listed = [r["run_id"] for r in listing]
     assert doc1["run_id"] in listed and doc2["run_id"] in listed
-    rc, only_first = cli.run_json(["runs", "--host", names[0]])
+    _rc, only_first = cli.run_json(["runs", "--host", names[0]])
     assert [r["run_id"] for r in only_first] == [doc1["run_id"]]
 
 
 def test_duplicated_task_message_does_not_run_twice(
-    cli: FleetCLI, ssh_fleet: SSHFleet, start_worker: Any, ledger: Ledger,
+    cli: FleetCLI,
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    ledger: Ledger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     start_worker(concurrency=4, env=cli.env)
