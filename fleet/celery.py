@@ -22,6 +22,8 @@ from fleet.stores import open_store
 
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "cache+memory://"
+EMBEDDED_POLL_S = 0.01
+STOP_JOIN_S = 0.2
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -31,6 +33,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     if settings.is_embedded:
         celery_app.conf.broker_url = EMBEDDED_BROKER
         celery_app.conf.result_backend = EMBEDDED_BACKEND
+        # The in-memory transport polls its queues (1 s by default): poll often, since
+        # the queue lives in this process and one run's latency is the whole wait.
+        celery_app.conf.broker_transport_options = {"polling_interval": EMBEDDED_POLL_S}
     else:
         celery_app.conf.broker_url = settings.broker_url
         celery_app.conf.result_backend = settings.result_backend
@@ -71,8 +76,6 @@ class _EmbeddedWorkController(WorkController):  # type: ignore[misc]
 @contextmanager
 def embedded_worker(concurrency: int = 16, timeout: float = 20.0) -> Iterator[None]:
     """Run a worker thread in this process on the in-memory transport, for one run."""
-    from celery.worker import state
-
     app.finalize()
     worker = _EmbeddedWorkController(
         app=app,
@@ -91,6 +94,8 @@ def embedded_worker(concurrency: int = 16, timeout: float = 20.0) -> Iterator[No
     try:
         yield
     finally:
-        state.should_terminate = 0
-        thread.join(timeout)
-        state.should_terminate = None
+        worker.stop(in_sighandler=False)
+        # The consumer notices the stop at its next poll of the in-memory queue (up to
+        # 2 s); it holds no work by now, so a short join is enough and the daemon
+        # thread ends on its own or with the process.
+        thread.join(STOP_JOIN_S)
