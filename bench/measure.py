@@ -57,6 +57,33 @@ def tree_rss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
+def redis_reset_stats(port: int) -> None:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        client.config_resetstat()
+
+
+def redis_commands(port: int) -> dict[str, int]:
+    """Calls per Redis command since the last reset (``INFO commandstats``)."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(v["calls"])
+        for name, v in stats.items()
+        if name not in ("cmdstat_config", "cmdstat_info")
+    }
+
+
+def idle_cpu(pids: Sequence[int], seconds: float) -> float:
+    """CPU seconds per second the processes burn while nothing is asked of them."""
+    before = sum(tree_cpu(p) for p in pids)
+    time.sleep(seconds)
+    return (sum(tree_cpu(p) for p in pids) - before) / seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     wall: float

@@ -39,8 +39,11 @@ if str(REPO) not in sys.path:
 
 from bench.measure import (  # noqa: E402
     Timing,
+    idle_cpu,
     negotiated_kex,
     openssh_default_kex,
+    redis_commands,
+    redis_reset_stats,
     run_openssh,
     timed_child,
     tree_rss_mib,
@@ -53,6 +56,7 @@ SSH_COLD = "openssh xargs -P{c} (cold)"
 SSH_DEFAULT = "openssh xargs -P{c} (default kex)"
 FLEET_COLD = "fleet cold"
 FLEET_WARM = "fleet warm"
+IDLE_SAMPLE_S = 2.0
 
 
 class BenchFailure(Exception):
@@ -201,9 +205,8 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             check=False,
         )
         rows: dict[str, list[Timing]] = {SSH_COLD: [], FLEET_COLD: [], FLEET_WARM: []}
-        rss: dict[str, list[float]] = {FLEET_COLD: [], FLEET_WARM: []}
-        reused: dict[str, list[int]] = {FLEET_COLD: [], FLEET_WARM: []}
-        spans: dict[str, list[float]] = {FLEET_COLD: [], FLEET_WARM: []}
+        # Per fleet row, per figure, one value per repeat.
+        extras: dict[str, dict[str, list[float]]] = {FLEET_COLD: {}, FLEET_WARM: {}}
         for r in range(args.repeat):
             timing, failures = run_openssh(fleet, hosts, kex, c)
             if failures:
@@ -212,14 +215,25 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             with started_workers(
                 env, args.workers, args.worker_concurrency, tmp / "workers", str(r)
             ) as workers:
+                pids = [w.pid for w in workers]
                 for label in (FLEET_COLD, FLEET_WARM):
+                    redis_reset_stats(redis.port)
                     timing, doc = fleet_run(env, workers, n)
+                    commands = redis_commands(redis.port)
                     rows[label].append(timing)
-                    rss[label].append(max(tree_rss_mib(w.pid) for w in workers))
-                    reused[label].append(
-                        sum(bool(x.get("connection_reused")) for x in doc["results"])
-                    )
-                    spans[label].append(_span(doc))
+                    figures = {
+                        "worker_rss_mib": max(tree_rss_mib(p) for p in pids),
+                        "connections_reused": sum(
+                            bool(x.get("connection_reused")) for x in doc["results"]
+                        ),
+                        "run_span_s": _span(doc),
+                        "redis_commands_per_host": sum(commands.values()) / n,
+                        "worker_idle_cpu_s_per_s": idle_cpu(pids, IDLE_SAMPLE_S),
+                    }
+                    for name, value in figures.items():
+                        extras[label].setdefault(name, []).append(value)
+                    top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
+                    extras[label]["redis_top"] = top  # type: ignore[assignment]
         timing, failures = run_openssh(fleet, hosts, None, c)
         if failures:
             raise BenchFailure("OpenSSH default-kex baseline failed: " + "; ".join(failures))
@@ -234,7 +248,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     with profiling(ws[0].pid, out):
                         fleet_run(env, ws, n)
                     profiles[label] = str(out)
-        return summarize(n, args, kex, engine, default_kex, rows, rss, reused, spans, profiles)
+        return summarize(n, args, kex, engine, default_kex, rows, extras, profiles)
     finally:
         if redis is not None:
             redis.stop()
@@ -252,9 +266,7 @@ def summarize(
     engine: str,
     default_kex: str,
     rows: Mapping[str, list[Timing]],
-    rss: Mapping[str, list[float]],
-    reused: Mapping[str, list[int]],
-    spans: Mapping[str, list[float]],
+    extras: Mapping[str, Mapping[str, list[Any]]],
     profiles: Mapping[str, str],
 ) -> dict[str, Any]:
     base = rows[SSH_COLD]
@@ -278,12 +290,11 @@ def summarize(
             "wall_ratio_vs_openssh_cold": wall / base_wall,
             "cpu_ratio_vs_openssh_cold": cpu / base_cpu if base_cpu else None,
         }
-        if label in rss:
-            row["worker_rss_mib"] = _median(rss[label])
-            row["connections_reused"] = int(_median(reused[label]))
-            row["run_span_s"] = _median(spans[label])
+        if label in extras:
             row["cli_cpu_s"] = _median([t.detail["cli_cpu"] for t in timings])
             row["worker_cpu_s"] = _median([t.detail["worker_cpu"] for t in timings])
+            for name, values in extras[label].items():
+                row[name] = values if name == "redis_top" else _median(values)
         out_rows.append(row)
     return {
         "hosts": n,
@@ -322,10 +333,13 @@ def render(result: Mapping[str, Any]) -> str:
         )
     for row in result["rows"]:
         if "connections_reused" in row:
+            top = ", ".join(f"{name} {calls}" for name, calls in row["redis_top"][:6])
             lines.append(
                 f"  {row['row']}: CPU cli {row['cli_cpu_s']:.2f} s + workers "
-                f"{row['worker_cpu_s']:.2f} s; run span {row['run_span_s']:.2f} s "
-                f"(store timestamps); connections reused {row['connections_reused']}/{n}"
+                f"{row['worker_cpu_s']:.2f} s; run span {row['run_span_s']:.2f} s; "
+                f"connections reused {row['connections_reused']:.0f}/{n}\n"
+                f"    redis commands/host {row['redis_commands_per_host']:.1f} ({top}); "
+                f"workers idle afterwards {row['worker_idle_cpu_s_per_s']:.3f} CPU s/s"
             )
     for label, path in result["profiles"].items():
         lines.append(f"  py-spy {label}: {path}")
