@@ -57,6 +57,11 @@ def tree_rss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
+def sshd_cpu(fleet: SSHFleet) -> float:
+    """CPU seconds so far of every sshd of `fleet` and what they forked."""
+    return sum(tree_cpu(pid) for pid in fleet.pids())
+
+
 def redis_reset_stats(port: int) -> None:
     import redis
 

@@ -45,6 +45,7 @@ from bench.measure import (  # noqa: E402
     redis_commands,
     redis_reset_stats,
     run_openssh,
+    sshd_cpu,
     timed_child,
     tree_rss_mib,
 )
@@ -207,8 +208,12 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         rows: dict[str, list[Timing]] = {SSH_COLD: [], FLEET_COLD: [], FLEET_WARM: []}
         # Per fleet row, per figure, one value per repeat.
         extras: dict[str, dict[str, list[float]]] = {FLEET_COLD: {}, FLEET_WARM: {}}
+        # CPU of the sshd side (listeners, per-connection processes, the shells they run).
+        sshd: dict[str, list[float]] = {SSH_COLD: [], FLEET_COLD: [], FLEET_WARM: []}
         for r in range(args.repeat):
+            s0 = sshd_cpu(fleet)
             timing, failures = run_openssh(fleet, hosts, kex, c)
+            sshd[SSH_COLD].append(sshd_cpu(fleet) - s0)
             if failures:
                 raise BenchFailure("OpenSSH baseline failed: " + "; ".join(failures))
             rows[SSH_COLD].append(timing)
@@ -218,7 +223,9 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 pids = [w.pid for w in workers]
                 for label in (FLEET_COLD, FLEET_WARM):
                     redis_reset_stats(redis.port)
+                    s0 = sshd_cpu(fleet)
                     timing, doc = fleet_run(env, workers, n)
+                    sshd[label].append(sshd_cpu(fleet) - s0)
                     commands = redis_commands(redis.port)
                     rows[label].append(timing)
                     figures = {
@@ -234,11 +241,14 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         extras[label].setdefault(name, []).append(value)
                     top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
                     extras[label]["redis_top"] = top  # type: ignore[assignment]
+        s0 = sshd_cpu(fleet)
         timing, failures = run_openssh(fleet, hosts, None, c)
+        sshd_default = sshd_cpu(fleet) - s0
         if failures:
             raise BenchFailure("OpenSSH default-kex baseline failed: " + "; ".join(failures))
         default_label = SSH_DEFAULT.format(c=c)
         rows[default_label] = [timing]
+        sshd[default_label] = [sshd_default]
         profiles: dict[str, str] = {}
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -248,7 +258,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     with profiling(ws[0].pid, out):
                         fleet_run(env, ws, n)
                     profiles[label] = str(out)
-        return summarize(n, args, kex, engine, default_kex, rows, extras, profiles)
+        return summarize(n, args, kex, engine, default_kex, rows, sshd, extras, profiles)
     finally:
         if redis is not None:
             redis.stop()
@@ -266,6 +276,7 @@ def summarize(
     engine: str,
     default_kex: str,
     rows: Mapping[str, list[Timing]],
+    sshd: Mapping[str, list[float]],
     extras: Mapping[str, Mapping[str, list[Any]]],
     profiles: Mapping[str, str],
 ) -> dict[str, Any]:
@@ -289,6 +300,7 @@ def summarize(
             "cpu_s_per_host": cpu / n,
             "wall_ratio_vs_openssh_cold": wall / base_wall,
             "cpu_ratio_vs_openssh_cold": cpu / base_cpu if base_cpu else None,
+            "sshd_cpu_s_per_host": _median(sshd[label]) / n,
         }
         if label in extras:
             row["cli_cpu_s"] = _median([t.detail["cli_cpu"] for t in timings])
@@ -320,7 +332,7 @@ def render(result: Mapping[str, Any]) -> str:
     ]
     header = (
         f"{'':<34} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} "
-        f"{'wall x':>7} {'CPU x':>6} {'worker RSS MiB':>14}"
+        f"{'wall x':>7} {'CPU x':>6} {'sshd CPU/host':>13} {'worker RSS MiB':>14}"
     )
     lines.append(header)
     for row in result["rows"]:
@@ -329,7 +341,8 @@ def render(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{row['row']:<34} {row['wall_s']:>7.2f} {row['hosts_per_s']:>8.1f} "
             f"{row['cpu_s_per_host']:>10.4f} {row['wall_ratio_vs_openssh_cold']:>6.2f}x "
-            f"{(f'{cpu_x:.2f}x' if cpu_x else '-'):>6} {rss:>14}"
+            f"{(f'{cpu_x:.2f}x' if cpu_x else '-'):>6} "
+            f"{row['sshd_cpu_s_per_host']:>13.4f} {rss:>14}"
         )
     for row in result["rows"]:
         if "connections_reused" in row:
