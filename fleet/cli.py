@@ -67,17 +67,32 @@ def _print_error(exc: FleetError) -> None:
         print(f"fleet: {line}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(*, on_subcommand: bool) -> argparse.ArgumentParser:
+    # Accepted before and after the subcommand. On the subcommand they default to
+    # "not given" (SUPPRESS), so `fleet -i FILE hosts` keeps the FILE given first.
+    suppress: Any = argparse.SUPPRESS
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-i", "--inventory", help="inventory file (env FLEET_INVENTORY; default ./inventory.yaml)"
+        "-i",
+        "--inventory",
+        default=suppress if on_subcommand else None,
+        help="inventory file (env FLEET_INVENTORY; default ./inventory.yaml)",
     )
-    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=suppress if on_subcommand else False,
+        help="show tracebacks of internal errors",
+    )
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(on_subcommand=True)
     parser = argparse.ArgumentParser(
         prog="fleet",
         description="Run a command on many hosts over SSH and know what happened on each.",
-        parents=[common],
+        parents=[_common_options(on_subcommand=False)],
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 

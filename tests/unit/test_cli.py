@@ -131,3 +131,15 @@ def test_help_and_hosts_do_not_import_celery(tmp_path: Path, argv: list[str]) ->
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_common_options_work_before_and_after_the_subcommand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["-i", str(inv), "hosts", "local"]) == 0
+    assert "localhost" in capsys.readouterr().out
+    assert main(["hosts", "local", "-i", str(inv)]) == 0
+    assert "localhost" in capsys.readouterr().out
+    assert main(["-i", str(tmp_path / "nope.yaml"), "hosts", "local"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
