@@ -7,10 +7,13 @@ an SQLite store and a scripted execute function.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from fleet.errors import BackendError
 from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, RunReport, Status, utc_now
@@ -21,6 +24,12 @@ ExecuteFn = Callable[[Host, str, ExecOptions], HostResult]
 LOST_MESSAGE = "no result by the run deadline (the worker may have died or the message was lost)"
 CANCELLED_MESSAGE = "run cancelled before this host started"
 EXPIRED_MESSAGE = "run already finished when this host's task arrived"
+#: How long a finished command's result is retried into an unreachable store (a restart).
+SAVE_RETRY_S = 20.0
+SAVE_RETRY_FIRST_DELAY_S = 0.2
+SAVE_RETRY_MAX_DELAY_S = 2.0
+
+log = logging.getLogger(__name__)
 
 
 def run_host_job(
@@ -32,11 +41,15 @@ def run_host_job(
     *,
     worker: str,
     execute: ExecuteFn,
+    save_retry_s: float = SAVE_RETRY_S,
 ) -> HostResult:
     """Run `command` on `host` at most once for this run, and record the result.
 
     The claim is taken before the host is touched: a message delivered twice (broker
     redelivery, a replay) finds the claim taken and never runs the command again.
+    Once the command has run, a store outage is retried for `save_retry_s` (never by
+    running the command again); if the store stays down the host ends `lost` at the
+    run's deadline. Raises `BackendError` only before the command ran.
     """
     if not store.is_live(run_id):
         return _refuse_dead_run(store, run_id, host, worker)
@@ -52,11 +65,30 @@ def run_host_job(
             worker=worker,
             finished_at=utc_now(),
         )
-    store.add_event(run_id, {"type": "started", "host": host.name, "worker": worker})
+    # A progress event is worth less than the run: the host is claimed, so go on.
+    with contextlib.suppress(BackendError):
+        store.add_event(run_id, {"type": "started", "host": host.name, "worker": worker})
     env = {**options.env, "FLEET_RUN_ID": run_id, "FLEET_HOST": host.name}
     result = execute(host, command, replace(options, env=env)).with_worker(worker)
-    store.save_result(run_id, result)
+    _save_with_retry(store, run_id, result, save_retry_s)
     return result
+
+
+def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s: float) -> None:
+    give_up = time.monotonic() + budget_s
+    delay = SAVE_RETRY_FIRST_DELAY_S
+    while True:
+        try:
+            store.save_result(run_id, result)
+            return
+        except BackendError as exc:
+            if time.monotonic() + delay > give_up:
+                # Not raised: a raising chord member skips the callback, and the run's
+                # deadline already accounts for this host (`lost`).
+                log.warning("result of %s in run %s not stored: %s", result.host, run_id, exc)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, SAVE_RETRY_MAX_DELAY_S)
 
 
 def _refuse_dead_run(store: RunStore, run_id: str, host: Host, worker: str) -> HostResult:

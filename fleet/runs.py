@@ -30,6 +30,10 @@ from fleet.store_api import RunStore
 MAX_DEADLINE_S = 11 * 3600
 #: Slots assumed when sizing a default deadline for many hosts.
 ASSUMED_SLOTS = 64
+#: A follower rides out a store outage this long past the run's deadline, then gives up.
+OUTAGE_GRACE_S = 30.0
+OUTAGE_FIRST_DELAY_S = 0.2
+OUTAGE_MAX_DELAY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +84,7 @@ def submit_run(
     store: RunStore, request: RunRequest, *, settings: Settings, run_id: str | None = None
 ) -> RunRecord:
     """Record the run and publish its canvas. Raises `BackendError`, `UsageError`."""
-    from celery import chord, group
-
     from fleet.celery import app
-    from fleet.tasks import aggregate, run_on_host
 
     if not request.hosts:
         raise UsageError("no hosts to run on")
@@ -105,17 +106,8 @@ def submit_run(
         options=request.options.to_dict(),
     )
     store.create_run(run, request.hosts)
-    expires = datetime.fromtimestamp(run.deadline, UTC)
-    options = request.options.to_dict()
-    members = [
-        run_on_host.s(run.run_id, task_host(h), request.command, options).set(
-            queue=queue_for(h, embedded=embedded), expires=expires
-        )
-        for h in request.hosts
-    ]
-    callback = aggregate.s(run.run_id).set(queue=DEFAULT_QUEUE, expires=expires)
     try:
-        chord(group(members), callback).apply_async()
+        build_canvas(run, request, embedded=embedded).apply_async()
         _release_subscriptions(app)
     except Exception as exc:
         # Whatever was published before the failure must not run: a cancelled run refuses.
@@ -125,6 +117,28 @@ def submit_run(
             f"run {run.run_id}: {exc}; the run was cancelled"
         ) from exc
     return run
+
+
+def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool) -> Any:
+    """The run's chord, unsent: one `run_on_host` per host on its queue, then `aggregate`.
+
+    Every message expires at the run's deadline: a message that sits in the broker
+    longer (no worker on its queue) is dropped instead of running after the run ended.
+    """
+    from celery import chord, group
+
+    from fleet.tasks import aggregate, run_on_host
+
+    expires = datetime.fromtimestamp(run.deadline, UTC)
+    options = request.options.to_dict()
+    members = [
+        run_on_host.s(run.run_id, task_host(h), request.command, options).set(
+            queue=queue_for(h, embedded=embedded), expires=expires
+        )
+        for h in request.hosts
+    ]
+    callback = aggregate.s(run.run_id).set(queue=DEFAULT_QUEUE, expires=expires)
+    return chord(group(members), callback)
 
 
 def _release_subscriptions(app: Any) -> None:
@@ -174,12 +188,14 @@ def follow_run(
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
     poll_ms: int = 250,
+    outage_grace_s: float = OUTAGE_GRACE_S,
 ) -> RunReport | None:
     """Follow a run until every host has a status; return its report.
 
     Resumable: it starts from the results already stored. Past the run's deadline it
     finishes the run itself (hosts without a result become `lost`). Returns None if
-    `timeout` passes first.
+    `timeout` passes first. A store outage (Redis restarting) is ridden out with
+    backoff until the deadline plus `outage_grace_s`; only then is `BackendError` raised.
     """
     started = time.monotonic()
     run = store.get_run(run_id)
@@ -188,17 +204,31 @@ def follow_run(
     counts: dict[str, int] = {}
     started_hosts = 0
     last_event = "0"
+    delay = OUTAGE_FIRST_DELAY_S
     while True:
-        report = store.load_report(run_id)
-        if report is not None and report.is_complete:
-            return report
-        if sum(counts.values()) >= len(run.hosts) or time.time() >= run.deadline:
-            report = finalize_run(store, run_id)
-            if report is not None:
+        try:
+            report = store.load_report(run_id)
+            if report is not None and report.is_complete:
                 return report
-        if timeout is not None and time.monotonic() - started >= timeout:
-            return None
-        for event_id, event in store.events(run_id, after=last_event, block_ms=poll_ms):
+            if sum(counts.values()) >= len(run.hosts) or time.time() >= run.deadline:
+                report = finalize_run(store, run_id)
+                if report is not None:
+                    return report
+            if timeout is not None and time.monotonic() - started >= timeout:
+                return None
+            events = store.events(run_id, after=last_event, block_ms=poll_ms)
+        except BackendError:
+            # The workers' results wait in their own retries; giving up before the
+            # deadline would turn a restart into a crashed CLI and a run nobody follows.
+            if time.time() >= run.deadline + outage_grace_s:
+                raise
+            if timeout is not None and time.monotonic() - started >= timeout:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, OUTAGE_MAX_DELAY_S)
+            continue
+        delay = OUTAGE_FIRST_DELAY_S
+        for event_id, event in events:
             last_event = event_id
             kind = event.get("type")
             if kind == "result":

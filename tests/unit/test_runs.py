@@ -1,0 +1,180 @@
+"""fleet.runs: deadlines, task arguments, routing, run ids and the canvas (never sent)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import BackendError
+from fleet.execute import ExecOptions
+from fleet.hosts import DEFAULT_QUEUE, Host
+from fleet.jobs import run_host_job
+from fleet.results import HostResult, RunRecord, Status, utc_now
+from fleet.runs import (
+    ASSUMED_SLOTS,
+    RunRequest,
+    build_canvas,
+    default_deadline,
+    follow_run,
+    new_run_id,
+    queue_for,
+    task_host,
+)
+from fleet.sqlite_store import SqliteRunStore
+
+EU = Host("web01", "10.0.0.1", user="deploy", queue="dc-eu", vars={"rack": 3}, env={"A": "1"})
+MAIN = Host("db1", "10.0.1.1")
+
+
+def test_default_deadline_grows_with_waves_of_hosts() -> None:
+    options = ExecOptions(command_timeout=30, connect_timeout=5, auth_timeout=5)
+    assert default_deadline(options, 1) == 40 + 60
+    assert default_deadline(options, ASSUMED_SLOTS) == 40 + 60
+    assert default_deadline(options, ASSUMED_SLOTS + 1) == 2 * 40 + 60
+
+
+def test_task_host_drops_free_vars_and_keeps_connection_values() -> None:
+    data = task_host(EU)
+    assert "vars" not in data
+    assert data["address"] == "10.0.0.1" and data["queue"] == "dc-eu" and data["env"] == {"A": "1"}
+    assert Host.from_dict(data) == Host(**{**EU.to_dict(), "vars": {}, "groups": ()})
+
+
+def test_queue_for_routes_by_host_queue_except_embedded() -> None:
+    assert queue_for(EU, embedded=False) == "dc-eu"
+    assert queue_for(MAIN, embedded=False) == DEFAULT_QUEUE
+    assert queue_for(EU, embedded=True) == DEFAULT_QUEUE
+
+
+def test_new_run_id_is_time_sortable_and_unique() -> None:
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50
+    for run_id in ids:
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id), run_id
+    stamp = datetime.strptime(next(iter(ids))[:15], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+    assert abs(stamp.timestamp() - time.time()) < 5
+
+
+def _run_and_request() -> tuple[RunRecord, RunRequest]:
+    options = ExecOptions(command_timeout=7, env={"X": "y"})
+    request = RunRequest("uptime", "web,db", (EU, MAIN), options)
+    run = RunRecord(
+        run_id="20260101-000000-abcdef",
+        command="uptime",
+        pattern="web,db",
+        hosts=("web01", "db1"),
+        created_at=utc_now(),
+        deadline=time.time() + 100,
+    )
+    return run, request
+
+
+def test_canvas_is_one_chord_with_a_routed_expiring_task_per_host() -> None:
+    run, request = _run_and_request()
+    canvas = build_canvas(run, request, embedded=False)
+    members = list(canvas.tasks)
+    assert [m.task for m in members] == ["fleet.run_on_host", "fleet.run_on_host"]
+    expires = datetime.fromtimestamp(run.deadline, UTC)
+    for member, host in zip(members, (EU, MAIN), strict=True):
+        run_id, sent_host, command, options = member.args
+        assert (run_id, command) == (run.run_id, "uptime")
+        assert sent_host == task_host(host)
+        assert ExecOptions.from_dict(options) == request.options
+        assert member.options["expires"] == expires
+    assert [m.options["queue"] for m in members] == ["dc-eu", DEFAULT_QUEUE]
+    assert canvas.body.task == "fleet.aggregate"
+    assert list(canvas.body.args) == [run.run_id]
+    assert canvas.body.options["queue"] == DEFAULT_QUEUE
+    assert canvas.body.options["expires"] == expires
+
+
+def test_embedded_canvas_keeps_every_task_on_the_default_queue() -> None:
+    run, request = _run_and_request()
+    canvas = build_canvas(run, request, embedded=True)
+    assert {m.options["queue"] for m in canvas.tasks} == {DEFAULT_QUEUE}
+
+
+class OutageStore(SqliteRunStore):
+    """Every read fails while `down` is set (a Redis restart seen by the follower)."""
+
+    down = False
+
+    def events(
+        self, run_id: str, after: str = "0", block_ms: int = 0, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        if self.down:
+            raise BackendError("run store at redis://x unreachable: Connection refused")
+        return super().events(run_id, after, block_ms, count)
+
+
+def _ok(host: Host, options: ExecOptions, command: str = "") -> HostResult:
+    return HostResult(host=host.name, status=Status.OK, exit_code=0)
+
+
+def test_follow_rides_out_a_store_outage(tmp_path: Path) -> None:
+    store = OutageStore(tmp_path / "h.sqlite3")
+    try:
+        run, _request = _run_and_request()
+        store.create_run(run, (EU, MAIN))
+        store.down = True
+        seen: list[int] = []
+
+        def on_progress(_p: object) -> None:
+            seen.append(1)
+
+        # Down for the first calls: the follower waits instead of raising.
+        assert follow_run(store, run.run_id, timeout=0.5, on_progress=on_progress) is None
+        assert seen == []
+        store.down = False
+        for host in (EU, MAIN):
+            run_host_job(
+                store,
+                run.run_id,
+                host,
+                "true",
+                ExecOptions(),
+                worker="w",
+                execute=lambda h, _c, o: _ok(h, o),
+            )
+        report = follow_run(store, run.run_id, timeout=10)
+        assert report is not None and len(report.ok) == 2
+    finally:
+        store.close()
+
+
+def test_follow_finalizes_at_the_deadline_while_events_are_down(tmp_path: Path) -> None:
+    store = OutageStore(tmp_path / "h.sqlite3")
+    try:
+        run, _request = _run_and_request()
+        past = RunRecord(**{**run.to_dict(), "hosts": run.hosts, "deadline": time.time() + 0.2})
+        store.create_run(past, (EU, MAIN))
+        store.down = True
+        # The deadline passes during the outage; finalizing needs the store too, and
+        # the store's reads before `events` still work here, so finalize wins.
+        report = follow_run(store, past.run_id, timeout=10, outage_grace_s=0.5)
+        assert report is not None
+        assert {r.status for r in report.results} == {Status.LOST}
+    finally:
+        store.close()
+
+
+def test_follow_raises_when_the_store_stays_down_past_the_grace(tmp_path: Path) -> None:
+    class DeadStore(OutageStore):
+        def load_report(self, run_id: str) -> None:
+            raise BackendError("run store at redis://x unreachable")
+
+    store = DeadStore(tmp_path / "h.sqlite3")
+    try:
+        run, _request = _run_and_request()
+        past = RunRecord(**{**run.to_dict(), "hosts": run.hosts, "deadline": time.time() + 0.2})
+        store.create_run(past, (EU, MAIN))
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            follow_run(store, past.run_id, timeout=30, outage_grace_s=0.5)
+        assert time.monotonic() - started < 5
+    finally:
+        store.close()
