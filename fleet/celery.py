@@ -76,12 +76,17 @@ class _EmbeddedWorkController(WorkController):  # type: ignore[misc]
 @contextmanager
 def embedded_worker(concurrency: int = 16, timeout: float = 20.0) -> Iterator[None]:
     """Run a worker thread in this process on the in-memory transport, for one run."""
-    app.finalize()
+    from celery.app.trace import setup_worker_optimizations
+
+    hostname = f"embedded@{os.uname().nodename}"
+    # What `celery worker` does at start: without it the threads pool traces tasks
+    # with the machine's bare host name, and results name the worker "vm", not its node.
+    setup_worker_optimizations(app, hostname)
     worker = _EmbeddedWorkController(
         app=app,
         concurrency=concurrency,
         pool="threads",
-        hostname=f"embedded@{os.uname().nodename}",
+        hostname=hostname,
         loglevel="ERROR",
         ready_callback=None,
         without_heartbeat=True,
