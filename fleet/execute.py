@@ -126,6 +126,11 @@ def build_invocation(host: Host, command: str, options: ExecOptions) -> Invocati
     # -n: never prompt (a prompt would hang until the timeout); with a password
     # reference, -S reads it from stdin, which is closed right after.
     sudo: tuple[str, ...] = ("sudo", "-S", "-p", "") if password_env else ("sudo", "-n")
+    if password_env:
+        # sudo does not read stdin when it needs no password (NOPASSWD, cached
+        # credentials): the command would read the password instead and could print
+        # it. Its own stdin is /dev/null, whatever sudo did with ours.
+        argv = ("/bin/sh", "-c", f"exec </dev/null; {script}")
     user = options.become_user or host.become_user
     if user:
         sudo += ("-u", user)

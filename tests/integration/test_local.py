@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -44,3 +46,25 @@ def test_stdin_closed_and_large_output() -> None:
 def test_non_utf8_is_json_safe() -> None:
     r = execute(LOCAL, r"printf '\377\376'", ExecOptions())
     assert HostResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def _sudo_usable() -> bool:
+    return shutil.which("sudo") is not None and (
+        subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(not _sudo_usable(), reason="`sudo -n true` fails for the test user")
+def test_sudo_password_not_readable_by_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_TEST_SUDO_PW", "hunter2-sudo-secret")
+    host = Host(
+        name="localhost",
+        address="localhost",
+        connection="local",
+        become=True,
+        become_password_env="FLEET_TEST_SUDO_PW",
+    )
+    r = execute(host, "cat; echo done", ExecOptions(command_timeout=5))
+    assert r.status is Status.OK, (r.error, r.stderr)
+    assert r.stdout == "done\n"
+    assert "hunter2" not in json.dumps(r.to_dict())

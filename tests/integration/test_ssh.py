@@ -298,6 +298,21 @@ def test_become_runs_through_sudo(
     assert r.stdout.strip() == f"{ssh_fleet.user}:root:hi there"
 
 
+@pytest.mark.skipif(_sudo_usable() is not None, reason=str(_sudo_usable()))
+def test_sudo_password_not_readable_by_the_command(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NOPASSWD (root): sudo never reads stdin, so the password must not reach `cat`.
+    monkeypatch.setenv("FLEET_TEST_SUDO_PW", "hunter2-sudo-secret")
+    host = make_host(
+        ssh_fleet, ssh_fleet.hosts[0], become=True, become_password_env="FLEET_TEST_SUDO_PW"
+    )
+    r = run_command(host, "cat; echo done", opts, pool)
+    assert r.status is Status.OK, (r.error, r.stderr)
+    assert r.stdout == "done\n"
+    assert "hunter2" not in json.dumps(r.to_dict())
+
+
 def test_environment_is_quoted_and_validated(
     ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
 ) -> None:

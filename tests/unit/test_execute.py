@@ -69,6 +69,16 @@ def test_sudo_password_only_by_reference() -> None:
     assert inv.argv[:4] == ("sudo", "-S", "-p", "") and inv.sudo_password_env == "SUDO_PW"
 
 
+def test_sudo_password_never_reaches_the_command() -> None:
+    # When sudo needs no password (NOPASSWD), it leaves stdin unread: the wrapped
+    # script must not inherit it. Run what sudo would exec, with the password on stdin.
+    host = Host(name="h", address="h", become=True, become_password_env="SUDO_PW")
+    inv = build_invocation(host, "cat; echo end", ExecOptions())
+    inner = list(inv.argv[inv.argv.index("--") + 1 :])
+    out = subprocess.run(inner, input=b"hunter2\n", capture_output=True, check=True).stdout
+    assert out == b"end\n"
+
+
 def test_capped_buffer() -> None:
     buf = CappedBuffer(4)
     for chunk in (b"ab", b"cd", b"ef"):
