@@ -48,7 +48,7 @@ class _MarkedStdout:
         self._pending += data
         match = _MARKER_LINE.search(self._pending)
         if match:
-            self.pid = int(match.group(1))
+            self.pid = plausible_pid(match.group(1))
             rest = self._pending[: match.start()] + self._pending[match.end() :]
             self._pending = None
             if rest:
@@ -60,6 +60,13 @@ class _MarkedStdout:
         if self._pending:
             self.out.feed(self._pending)
         self._pending = None
+
+
+def plausible_pid(text: bytes) -> int | None:
+    """The reported PID, or None when it cannot be a command's own process group:
+    `kill -TERM -1` would signal every process of the user, `-0` the killer's group."""
+    pid = int(text)
+    return pid if pid > 1 else None
 
 
 class _Sink(Protocol):
@@ -144,8 +151,8 @@ def _fileno(channel: Any) -> int | None:
 
 def kill_remote(transport: Any, pid: int | None, become: bool) -> tuple[bool, str]:
     """End the timed-out command's process group; report whether that is confirmed."""
-    if pid is None:
-        return False, "could not confirm the remote process ended (its PID was never reported)"
+    if pid is None or pid <= 1:
+        return False, "could not confirm the remote process ended (no usable PID was reported)"
     group = f"-{pid}"
     kill = "sudo -n kill" if become else "kill"
     # Orphaned children end as zombies until init reaps them (in containers maybe

@@ -17,10 +17,11 @@ from typing import Any
 import paramiko
 import pytest
 
-from fleet.execute import ExecOptions
+from fleet.execute import CappedBuffer, ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import ConnectionPool, Connector, run_command
+from fleet.ssh.command import _MarkedStdout, kill_remote
 from fleet.ssh.hostkeys import fingerprint
 
 _KEYS: dict[str, paramiko.PKey] = {}
@@ -451,3 +452,32 @@ def test_recorded_key_starts_on_its_own_line(env: dict[str, Any]) -> None:
     lines = env["known"].read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("[10.0.0.1]:2201 ssh-rsa ")
     assert run_command(env["host"], "true", options, make_pool()).ok  # first entry intact
+
+
+@pytest.mark.parametrize("reported", [b"0", b"1", b"00001"])
+def test_implausible_pid_is_never_killed(reported: bytes) -> None:
+    out = CappedBuffer(100)
+    marked = _MarkedStdout(out)
+    marked.feed(b"FLEET-PID " + reported + b"\nhello\n")
+    marked.flush()
+    assert marked.pid is None and out.text() == "hello\n"
+
+    class NoChannel:
+        def open_session(self, timeout: float | None = None) -> None:
+            raise AssertionError("kill attempted for an implausible PID")
+
+    confirmed, note = kill_remote(NoChannel(), int(reported), become=False)
+    assert confirmed is False and "no usable PID" in note
+
+
+def test_timeout_with_pid_1_kills_nothing(env: dict[str, Any]) -> None:
+    class PidOne(FakeChannel):
+        def exec_command(self, command: str) -> None:
+            self.command = command
+            self.out.insert(0, b"FLEET-PID 1\n")
+
+    hung = PidOne([b"partial\n"], [], None, hang=True)
+    killer = FakeChannel([b"gone\n"], [], 0)
+    r = run(env, make_pool(channels=[hung, killer]))
+    assert r.status is Status.TIMEOUT and r.remote_kill_confirmed is False
+    assert killer.command == ""  # no kill channel was used
