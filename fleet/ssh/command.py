@@ -135,7 +135,13 @@ def _drain(channel: Any, stdout: _Sink, stderr: _Sink, deadline: float) -> bool:
         if remaining <= 0:
             return True
         wait = min(remaining, 0.1)
-        if wait_fd is None:
+        status_event = getattr(channel, "status_event", None)
+        if channel.eof_received and status_event is not None:
+            # Both streams ended but the command runs on (`exec >&-`): paramiko keeps
+            # the channel's fd readable after EOF, so select would spin. Only the exit
+            # status can come now.
+            status_event.wait(remaining)
+        elif wait_fd is None:
             time.sleep(min(wait, 0.01))
         else:
             select.select([wait_fd], [], [], wait)

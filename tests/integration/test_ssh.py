@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import threading
@@ -239,6 +240,20 @@ def test_timeout_ends_remote_process(
     assert check.status is Status.FAILED  # the remote process is gone
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # same machine: double-check
+
+
+def test_closed_streams_do_not_spin(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    assert run(ssh_fleet, "true", opts, pool).ok  # connected: measure the wait alone
+    options = ExecOptions.from_dict({**opts.to_dict(), "command_timeout": 5})
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    r = run(ssh_fleet, "echo bye; exec >&- 2>&-; sleep 2; exit 4", options, pool)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert r.status is Status.FAILED and r.exit_code == 4 and r.stdout == "bye\n", r.error
+    assert r.duration_s is not None and r.duration_s > 1.9
+    assert cpu < 0.3, f"{cpu:.2f} s of CPU while the command slept"
 
 
 def test_large_output_on_both_streams(
