@@ -97,8 +97,10 @@ def test_redis_restarted_mid_run(
     command = ledger.command("sleep 3; echo done")
     proc = cli.popen(["run", command, "-g", "web", "--deadline", "30", "--json"])
     wait_until(lambda: set(ledger.hosts()) == names, timeout=30)
-    # Every command is running now: take Redis away under the workers and the CLI.
-    persistent_redis.restart(down_for=1.0)
+    # Every command is running now: take Redis away under the workers and the CLI, for
+    # longer than the store client's own reconnect retries (about 2.5 s), so the CLI's
+    # follower and the workers' result writes each see the outage and must ride it out.
+    persistent_redis.restart(down_for=4.0)
     assert proc.poll() is None, "the following CLI died with the outage"
     doc = finish(proc, names)
     got = statuses(doc)
