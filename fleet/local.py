@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from fleet.errors import ConfigError
@@ -22,6 +23,8 @@ from fleet.hosts import Host
 from fleet.results import HostResult, Status
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+# What a command inherits from the worker's environment (as sshd gives a session).
+_PASSED_ENV = frozenset({"PATH", "HOME", "LANG", "USER", "LOGNAME", "SHELL", "TZ", "TMPDIR"})
 
 
 def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
@@ -34,7 +37,7 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
     stdin_data = _sudo_password(invocation.sudo_password_env)
     if isinstance(stdin_data, str):
         return clock.result(host, Status.ERROR, error=stdin_data)
-    env = {**os.environ, **host.env, **options.env}
+    env = command_environment(os.environ, host, options)
     try:
         proc = subprocess.Popen(
             list(invocation.argv),
@@ -76,6 +79,21 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
         kill_confirmed=kill_confirmed,
         kill_note=note,
     )
+
+
+def command_environment(
+    worker_env: Mapping[str, str], host: Host, options: ExecOptions
+) -> dict[str, str]:
+    """What a local command sees: a login-like minimum of the worker's environment,
+    then the host's and the run's variables. The worker's environment holds the
+    secrets behind `password_env` and `become_password_env`, and broker URLs."""
+    base = {
+        name: value
+        for name, value in worker_env.items()
+        if name in _PASSED_ENV or name.startswith("LC_")
+    }
+    base.setdefault("PATH", os.defpath)
+    return {**base, **host.env, **options.env}
 
 
 def _sudo_password(env_name: str | None) -> bytes | str | None:

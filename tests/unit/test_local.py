@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.local import get_local, put_local, run_local
@@ -52,3 +54,16 @@ def test_put_and_get(tmp_path: Path) -> None:
     assert missing.status is Status.ERROR
     denied = put_local(LOCAL, b"x", str(tmp_path / "no" / "dir" / "f"), 0o600, ExecOptions())
     assert denied.status is Status.ERROR and not os.path.exists(tmp_path / "no")
+
+
+def test_worker_secrets_not_in_the_command_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-worker-secret")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TERM", "xterm")
+    host = Host(name="l", address="l", connection="local", env={"A": "1"})
+    r = run_local(host, "env", ExecOptions(env={"FLEET_RUN_ID": "r1", "FLEET_HOST": "l"}))
+    seen = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert "hunter2" not in r.stdout and "DB_PASSWORD" not in seen
+    assert "TERM" not in seen
+    assert seen["FLEET_RUN_ID"] == "r1" and seen["FLEET_HOST"] == "l" and seen["A"] == "1"
+    assert seen["PATH"] == os.environ["PATH"] and seen["LC_TIME"] == "C"
