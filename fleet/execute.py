@@ -24,6 +24,11 @@ from fleet.settings import Settings
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+#: After a command exits, how long to keep reading streams that its background
+#: children may hold open forever (`sleep 30 &`): the command's own exit decides,
+#: over SSH and locally alike.
+EOF_GRACE = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class ExecOptions:

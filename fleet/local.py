@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleet.errors import ConfigError
-from fleet.execute import CappedBuffer, Clock, ExecOptions, build_invocation
+from fleet.execute import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 
@@ -109,22 +109,43 @@ def _sudo_password(env_name: str | None) -> bytes | str | None:
 def _drain(
     proc: subprocess.Popen[bytes], stdout: CappedBuffer, stderr: CappedBuffer, deadline: float
 ) -> bool:
-    """Read both pipes until both close or the deadline passes. True if it passed."""
+    """Read both pipes until they close, or until the command has exited and
+    `EOF_GRACE` has passed (a background child may hold them open forever), or the
+    deadline passes. True if the deadline passed."""
     selector = selectors.DefaultSelector()
     assert proc.stdout is not None and proc.stderr is not None
     selector.register(proc.stdout, selectors.EVENT_READ, stdout)
     selector.register(proc.stderr, selectors.EVENT_READ, stderr)
+    exit_fd = _exit_fd(proc.pid)
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ, None)
+    exited_at: float | None = None
+    open_pipes = 2
     try:
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
+        while open_pipes:
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at >= EOF_GRACE:
+                return False
+            remaining = deadline - now
             if remaining <= 0:
                 return True
-            for key, _ in selector.select(timeout=remaining):
+            wait = remaining
+            if exited_at is not None:
+                wait = min(wait, exited_at + EOF_GRACE - now)
+            elif exit_fd is None:
+                wait = min(wait, 0.05)  # no pidfd: notice the exit by polling
+            for key, _ in selector.select(timeout=wait):
+                if key.data is None:
+                    selector.unregister(key.fileobj)  # exited: poll() above sees it
+                    continue
                 data = os.read(key.fd, 65536)
                 if data:
                     key.data.feed(data)
                 else:
                     selector.unregister(key.fileobj)
+                    open_pipes -= 1
         # Both pipes closed; the process may still be exiting (or a child holds no pipe).
         remaining = deadline - time.monotonic()
         try:
@@ -134,8 +155,18 @@ def _drain(
         return False
     finally:
         selector.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd (Linux 5.3+): readable once the process exits. None elsewhere."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> bool:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fleet.execute import CappedBuffer, Invocation
+from fleet.execute import EOF_GRACE, CappedBuffer, Invocation
 
 _MARKER = b"FLEET-PID "
 _MARKER_LINE = re.compile(rb"FLEET-PID (\d+)\n")
@@ -24,7 +24,7 @@ _MARKER_SEARCH_LIMIT = 64 * 1024
 _CHUNK = 65536
 # After the exit status arrives, how long to wait for EOF: a daemonised child may
 # hold the streams open forever (ssh itself would hang there).
-_EOF_GRACE = 2.0
+_EOF_GRACE = EOF_GRACE
 _KILL_TIMEOUT = 5.0
 
 

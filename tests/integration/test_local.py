@@ -68,3 +68,13 @@ def test_sudo_password_not_readable_by_the_command(monkeypatch: pytest.MonkeyPat
     assert r.status is Status.OK, (r.error, r.stderr)
     assert r.stdout == "done\n"
     assert "hunter2" not in json.dumps(r.to_dict())
+
+
+def test_background_child_does_not_hold_the_result() -> None:
+    # As over SSH: the command's own exit decides; a child keeping stdout open is
+    # waited for a short grace only, not until the timeout.
+    t0 = time.monotonic()
+    r = execute(LOCAL, "sleep 6 & echo started", ExecOptions(command_timeout=4))
+    assert r.status is Status.OK and r.exit_code == 0, r.error
+    assert r.stdout == "started\n"
+    assert time.monotonic() - t0 < 3.5

@@ -256,6 +256,18 @@ def test_closed_streams_do_not_spin(
     assert cpu < 0.3, f"{cpu:.2f} s of CPU while the command slept"
 
 
+def test_background_child_does_not_hold_the_result(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    # Same outcome as connection: local (tests/integration/test_local.py).
+    options = ExecOptions.from_dict({**opts.to_dict(), "command_timeout": 4})
+    t0 = time.monotonic()
+    r = run(ssh_fleet, "sleep 6 & echo started", options, pool)
+    assert r.status is Status.OK and r.exit_code == 0, r.error
+    assert r.stdout == "started\n"
+    assert time.monotonic() - t0 < 3.5
+
+
 def test_large_output_on_both_streams(
     ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
 ) -> None:
