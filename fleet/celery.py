@@ -44,6 +44,28 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 app = create_app()
 
+_apps_lock = threading.Lock()
+_apps: dict[tuple[str, str], Celery] = {}
+
+
+def _transport(settings: Settings) -> tuple[str, str]:
+    if settings.is_embedded:
+        return (EMBEDDED_BROKER, EMBEDDED_BACKEND)
+    return (settings.broker_url or "", settings.result_backend or "")
+
+
+def app_for(settings: Settings) -> Celery:
+    """The app for `settings`: the module's app when they agree with the environment it
+    was built from (the CLI, a worker), else one built for them (the Python API)."""
+    key = _transport(settings)
+    if key == (str(app.conf.broker_url), str(app.conf.result_backend)):
+        return app
+    with _apps_lock:
+        if key not in _apps:
+            _apps[key] = create_app(settings)
+        return _apps[key]
+
+
 _store_lock = threading.Lock()
 _store: tuple[int, RunStore] | None = None
 
@@ -74,9 +96,13 @@ class _EmbeddedWorkController(WorkController):  # type: ignore[misc]
 
 
 @contextmanager
-def embedded_worker(concurrency: int = 16, timeout: float = 20.0) -> Iterator[None]:
+def embedded_worker(
+    settings: Settings, concurrency: int = 16, timeout: float = 20.0
+) -> Iterator[None]:
     """Run a worker thread in this process on the in-memory transport, for one run."""
     from celery.app.trace import setup_worker_optimizations
+
+    app = app_for(settings)
 
     hostname = f"embedded@{os.uname().nodename}"
     # What `celery worker` does at start: without it the threads pool traces tasks

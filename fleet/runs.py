@@ -84,7 +84,9 @@ def submit_run(
     store: RunStore, request: RunRequest, *, settings: Settings, run_id: str | None = None
 ) -> RunRecord:
     """Record the run and publish its canvas. Raises `BackendError`, `UsageError`."""
-    from fleet.celery import app
+    from fleet.celery import app_for
+
+    app = app_for(settings)
 
     if not request.hosts:
         raise UsageError("no hosts to run on")
@@ -107,7 +109,7 @@ def submit_run(
     )
     store.create_run(run, request.hosts)
     try:
-        build_canvas(run, request, embedded=embedded).apply_async()
+        build_canvas(run, request, embedded=embedded, app=app).apply_async()
         _release_subscriptions(app)
     except Exception as exc:
         # Whatever was published before the failure must not run: a cancelled run refuses.
@@ -119,7 +121,7 @@ def submit_run(
     return run
 
 
-def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool) -> Any:
+def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: Any = None) -> Any:
     """The run's chord, unsent: one `run_on_host` per host on its queue, then `aggregate`.
 
     Every message expires at the run's deadline: a message that sits in the broker
@@ -127,18 +129,23 @@ def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool) -> Any:
     """
     from celery import chord, group
 
-    from fleet.tasks import aggregate, run_on_host
+    from fleet.tasks import AGGREGATE, RUN_ON_HOST
 
+    if app is None:
+        from fleet.celery import app
     expires = datetime.fromtimestamp(run.deadline, UTC)
     options = request.options.to_dict()
     members = [
-        run_on_host.s(run.run_id, task_host(h), request.command, options).set(
-            queue=queue_for(h, embedded=embedded), expires=expires
+        app.signature(
+            RUN_ON_HOST,
+            args=(run.run_id, task_host(h), request.command, options),
+            queue=queue_for(h, embedded=embedded),
+            expires=expires,
         )
         for h in request.hosts
     ]
-    callback = aggregate.s(run.run_id).set(queue=DEFAULT_QUEUE, expires=expires)
-    return chord(group(members), callback)
+    callback = app.signature(AGGREGATE, args=(run.run_id,), queue=DEFAULT_QUEUE, expires=expires)
+    return chord(group(members), callback, app=app)
 
 
 def _release_subscriptions(app: Any) -> None:

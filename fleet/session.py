@@ -38,7 +38,7 @@ class RunSession:
             from fleet.celery import embedded_worker, use_store
 
             use_store(self.store)
-            self._stack.enter_context(embedded_worker())
+            self._stack.enter_context(embedded_worker(self.settings))
             self._worker_started = True
 
     def submit(self, request: RunRequest) -> RunRecord:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 
-from fleet.celery import app, worker_store
+from fleet.celery import worker_store
 from fleet.execute import ExecOptions, execute
 from fleet.hosts import Host
 from fleet.jobs import finalize_run, run_host_job
@@ -15,7 +15,9 @@ RUN_ON_HOST = "fleet.run_on_host"
 AGGREGATE = "fleet.aggregate"
 
 
-@app.task(name=RUN_ON_HOST, bind=True, acks_late=False)  # type: ignore[untyped-decorator]
+# shared_task: registered on every fleet app (the worker's, and one made for explicit
+# settings by the Python API), not only the one built from the environment.
+@shared_task(name=RUN_ON_HOST, bind=True, acks_late=False)  # type: ignore[untyped-decorator]
 def run_on_host(
     self: Task, run_id: str, host: dict[str, Any], command: str, options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def run_on_host(
     return {"host": result.host, "status": result.status.value}
 
 
-@app.task(name=AGGREGATE)  # type: ignore[untyped-decorator]
+@shared_task(name=AGGREGATE)  # type: ignore[untyped-decorator]
 def aggregate(_results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     # The chord's inputs only say "every member returned"; the store holds the truth
     # (a duplicated delivery may have returned `interrupted` for a host that is fine).
