@@ -30,6 +30,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.load()
     celery_app = Celery("fleet", include=["fleet.tasks"])
     celery_app.config_from_object("celeryconfig")
+    # Chord state must live as long as the run history (PITFALLS: chords expire with it).
+    celery_app.conf.result_expires = settings.retention
     if settings.is_embedded:
         celery_app.conf.broker_url = EMBEDDED_BROKER
         celery_app.conf.result_backend = EMBEDDED_BACKEND
