@@ -13,6 +13,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -207,20 +208,27 @@ def _group_alive(pgid: int) -> bool:
 def put_local(
     host: Host, data: bytes | Path, remote_path: str, mode: int, options: ExecOptions
 ) -> HostResult:
-    """Copy bytes or a file to `remote_path` on this machine, atomically, with `mode`."""
+    """Copy bytes or a file to `remote_path` on this machine, atomically, with `mode`.
+
+    The temporary file gets an unpredictable name, is created exclusively (never
+    through a planted symlink) and has its final mode before the first byte."""
     clock = Clock()
     target = Path(remote_path)
-    tmp = target.with_name(f".{target.name}.fleet-{os.getpid()}")
+    tmp: str | None = None
     try:
-        if isinstance(data, Path):
-            shutil.copyfile(data, tmp)
-        else:
-            tmp.write_bytes(data)
-        os.chmod(tmp, mode)
-        size = tmp.stat().st_size
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.fleet-", dir=target.parent)
+        with os.fdopen(fd, "wb") as sink:
+            os.fchmod(sink.fileno(), mode)
+            if isinstance(data, Path):
+                with data.open("rb") as source:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+            else:
+                sink.write(data)
+            size = sink.tell()
         os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         return clock.result(host, Status.ERROR, error=f"cannot write {remote_path}: {exc.strerror}")
     return clock.result(host, Status.OK, stdout=f"wrote {size} bytes to {remote_path}")
 

@@ -1,6 +1,6 @@
 """SFTP put and get on a pooled transport, bounded by a wall-time deadline.
 
-Uploads go to a temporary name beside the target and are renamed into place, so
+Uploads go to a temporary file beside the target and are renamed into place, so
 a reader never sees half a file and a timed-out upload leaves the old one intact.
 """
 
@@ -10,11 +10,15 @@ import contextlib
 import io
 import os
 import posixpath
+import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import paramiko
+
+_CHUNK = 32768
 
 
 class TransferTimeout(Exception):
@@ -39,43 +43,59 @@ def _deadline_callback(deadline: float) -> Any:
 def put(
     sftp: paramiko.SFTPClient, data: bytes | Path, remote_path: str, mode: int, timeout: float
 ) -> int:
-    """Upload; returns the bytes written. Raises `TransferTimeout`, `OSError`, `SSHException`."""
+    """Upload; returns the bytes written. Raises `TransferTimeout`, `OSError`, `SSHException`.
+
+    The data goes first into a private directory (created 0700, exclusively, under an
+    unpredictable name) beside the target: no other user can open the file before
+    it has its final mode, and nothing planted at a guessed name is followed.
+    """
     deadline = time.monotonic() + timeout
+    check = _deadline_callback(deadline)
     directory, name = posixpath.split(remote_path)
-    tmp = posixpath.join(directory, f".{name}.fleet-{os.getpid()}-{time.monotonic_ns()}")
+    private = posixpath.join(directory or ".", f".{name}.fleet-{secrets.token_hex(8)}")
+    tmp = posixpath.join(private, name)
+    sftp.mkdir(private, 0o700)
+    size = 0
     try:
         source: IO[bytes] = data.open("rb") if isinstance(data, Path) else io.BytesIO(data)
-        with source:
-            attrs = sftp.putfo(source, tmp, callback=_deadline_callback(deadline), confirm=True)
-        try:
-            sftp.chmod(tmp, mode)
-            sftp.posix_rename(tmp, remote_path)
-        except BaseException:
-            sftp.remove(tmp)
-            raise
-        return int(attrs.st_size or 0)
-    except (TransferTimeout, TimeoutError):
-        _quiet_remove(sftp, tmp)
+        with source, sftp.open(tmp, "wbx") as remote:
+            remote.chmod(mode)  # before the first byte
+            remote.set_pipelined(True)
+            while chunk := source.read(_CHUNK):
+                remote.write(chunk)
+                size += len(chunk)
+                check(size, 0)
+        written = sftp.stat(tmp).st_size
+        if written != size:
+            raise OSError(f"size mismatch after upload: wrote {size}, found {written}")
+        sftp.posix_rename(tmp, remote_path)
+        return size
+    except TimeoutError:
         raise TransferTimeout from None
+    finally:
+        _quiet_remove(sftp, tmp)
+        with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+            sftp.rmdir(private)
 
 
 def get(sftp: paramiko.SFTPClient, remote_path: str, local_path: Path, timeout: float) -> int:
     """Download into `local_path` (written atomically); returns the bytes read."""
     deadline = time.monotonic() + timeout
     local_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local_path.with_name(f".{local_path.name}.fleet-{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{local_path.name}.fleet-", dir=local_path.parent)
     try:
-        with tmp.open("wb") as sink:
+        with os.fdopen(fd, "wb") as sink:
             size = sftp.getfo(remote_path, sink, callback=_deadline_callback(deadline))
         os.replace(tmp, local_path)
         return int(size)
     except TimeoutError:
         raise TransferTimeout from None
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _quiet_remove(sftp: paramiko.SFTPClient, path: str) -> None:
-    # Best effort: the channel may be the thing that failed.
+    # Best effort: the channel may be the thing that failed (after a successful
+    # rename there is nothing left to remove).
     with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
         sftp.remove(path)

@@ -447,3 +447,57 @@ def test_sftp_put_and_get(
     assert local.read_bytes() == b"key = value\n"
     missing = get_file(host, str(tmp_path / "nope"), tmp_path / "x", opts, pool)
     assert missing.status is Status.ERROR and "No such file" in (missing.error or "")
+
+
+def test_sftp_upload_unreadable_by_others_until_renamed(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    host = make_host(ssh_fleet, ssh_fleet.hosts[0])
+    fifo = tmp_path / "source"
+    os.mkfifo(fifo)
+    target_dir = tmp_path / "etc"
+    target_dir.mkdir()
+    target = target_dir / "app.conf"
+    results: list[HostResult] = []
+    upload = threading.Thread(
+        target=lambda: results.append(put_file(host, fifo, str(target), 0o644, opts, pool))
+    )
+    upload.start()
+    try:
+        writer = _fifo_writer(fifo, upload)
+        with writer:
+            writer.write(b"secret = 1\n")
+            writer.flush()
+            temps: list[Path] = []
+            deadline = time.monotonic() + 5
+            while not temps and time.monotonic() < deadline:
+                temps = [p for p in target_dir.rglob("*") if p.is_file()]
+                time.sleep(0.01)
+            assert temps, "no temporary file seen while the upload waited"
+            (temp,) = temps
+            # Another user can neither reach nor open it: its directory is private.
+            assert temp.parent != target_dir
+            assert temp.parent.stat().st_mode & 0o777 == 0o700
+            assert temp.stat().st_mode & 0o777 == 0o644  # final mode before the data
+            writer.write(b"more = 2\n")
+    finally:
+        upload.join(5)
+    assert results and results[0].status is Status.OK, results
+    assert target.read_bytes() == b"secret = 1\nmore = 2\n"
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in target_dir.iterdir()) == ["app.conf"]  # nothing left over
+
+
+def _fifo_writer(fifo: Path, reader: threading.Thread) -> Any:
+    """The FIFO's write end once the upload has opened it (fails if it never does)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            if not reader.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the upload never opened its source")
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb")

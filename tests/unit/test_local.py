@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.local import get_local, put_local, run_local
-from fleet.results import Status
+from fleet.results import HostResult, Status
 
 LOCAL = Host(name="localhost", address="localhost", connection="local")
 
@@ -67,3 +70,60 @@ def test_worker_secrets_not_in_the_command_environment(monkeypatch: pytest.Monke
     assert "TERM" not in seen
     assert seen["FLEET_RUN_ID"] == "r1" and seen["FLEET_HOST"] == "l" and seen["A"] == "1"
     assert seen["PATH"] == os.environ["PATH"] and seen["LC_TIME"] == "C"
+
+
+def test_put_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "a.conf"
+    # The temporary name the old code used: predictable from the worker's PID.
+    (tmp_path / f".a.conf.fleet-{os.getpid()}").symlink_to(victim)
+    assert put_local(LOCAL, b"new", str(target), 0o644, ExecOptions()).ok
+    assert victim.read_bytes() == b"precious" and target.read_bytes() == b"new"
+    assert not target.is_symlink()
+
+
+def _fifo_writer(fifo: Path, reader: threading.Thread) -> BinaryIO:
+    """The FIFO's write end once the upload has opened it (fails if it never does)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            if not reader.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the upload never opened its source")
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb")
+
+
+def test_put_temp_file_has_its_final_mode_before_data(tmp_path: Path) -> None:
+    fifo = tmp_path / "source"
+    os.mkfifo(fifo)
+    target = tmp_path / "dest" / "secret.conf"
+    target.parent.mkdir()
+    results: list[HostResult] = []
+    upload = threading.Thread(
+        target=lambda: results.append(put_local(LOCAL, fifo, str(target), 0o600, ExecOptions()))
+    )
+    upload.start()
+    old_umask = os.umask(0o022)
+    try:
+        with _fifo_writer(fifo, upload) as writer:
+            writer.write(b"first half ")
+            writer.flush()
+            deadline = time.monotonic() + 5
+            temps: list[Path] = []
+            while not temps and time.monotonic() < deadline:
+                temps = [p for p in target.parent.iterdir() if p.name != target.name]
+                time.sleep(0.01)
+            assert temps, "no temporary file seen while the upload waited"
+            assert temps[0].stat().st_mode & 0o777 == 0o600
+            writer.write(b"second half")
+    finally:
+        os.umask(old_umask)
+        upload.join(5)
+    assert results and results[0].ok, results
+    assert target.read_bytes() == b"first half second half"
+    assert target.stat().st_mode & 0o777 == 0o600
