@@ -21,7 +21,8 @@ the host's groups (parents through ``children`` included) in that order.
 
 Loading reports every problem at once in one `InventoryError`, each with its key path.
 YAML is read with safe constructors only; a file that is too large, too deeply
-nested or whose aliases expand too far is refused before anything walks it.
+nested or whose aliases expand too far is refused before anything walks it, and one
+whose ranges, children or variables resolve to too much before they are expanded.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import yaml
 from fleet.errors import InventoryError, InventoryProblem, PatternError
 from fleet.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
 from fleet.inventory_schema import (
+    MAX_HOSTS,
+    GroupSpec,
     InventorySpec,
     Schedule,
     check_inventory,
@@ -48,6 +51,7 @@ from fleet.noderange import expand_hosts, fold_hosts
 from fleet.patterns import resolve_pattern
 
 __all__ = [
+    "MAX_HOSTS",
     "Inventory",
     "Schedule",
     "expand_hosts",
@@ -59,6 +63,9 @@ __all__ = [
 MAX_FILE_BYTES = 16 << 20
 MAX_DEPTH = 64  # mapping/sequence nesting; PyYAML's composer recurses per level
 MAX_NODES = 2_000_000  # YAML nodes after alias expansion (billion laughs stops here)
+# What resolving builds, bounded before it is built (MAX_HOSTS bounds the listings):
+MAX_MEMBERSHIPS = 1_000_000  # (host, group) pairs, children's parents included
+MAX_HOST_VALUES = 5_000_000  # variables over all hosts, after precedence
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -261,16 +268,16 @@ class _Checks(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.res
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
+            seen: dict[tuple[type, Any], int] = {}
             for key_node, _ in node.value:
                 if key_node.tag == _MERGE_TAG:
                     continue  # merged keys may be overridden, that is what `<<` is for
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
-                try:
-                    first = seen.get(key)
+                try:  # with its type: 1 == True == 1.0 in Python, not in YAML
+                    first = seen.get((type(key), key))
                     if first is None:
-                        seen[key] = line
+                        seen[(type(key), key)] = line
                         continue
                 except TypeError:
                     continue  # an unhashable key: the base class reports it
@@ -302,27 +309,13 @@ except ImportError:  # PyYAML built without libyaml
 def _assemble(source: str, spec: InventorySpec) -> Inventory:
     """Apply precedence (see the module docstring) to checked, acyclic groups."""
     defaults, groups = spec.defaults, spec.groups
-    parents: dict[str, list[str]] = {name: [] for name in groups}
-    for name, group in groups.items():
-        for child in group.children:
-            parents[child].append(name)
-    depth: dict[str, int] = {}
-    lineage: dict[str, frozenset[str]] = {}  # a group and all its ancestors
-    pending = list(groups)
-    while pending:  # acyclic, so every pass settles at least one group
-        waiting = []
-        for name in pending:
-            if all(p in depth for p in parents[name]):
-                depth[name] = 1 + max((depth[p] for p in parents[name]), default=-1)
-                lineage[name] = frozenset([name]).union(*(lineage[p] for p in parents[name]))
-            else:
-                waiting.append(name)
-        pending = waiting
+    depth, lineage = _lineages(source, groups)
     rank = {name: i for i, name in enumerate(sorted(groups, key=lambda g: (depth[g], g)))}
     direct: dict[str, list[str]] = {}
     for name, group in groups.items():
         for host in group.hosts:
             direct.setdefault(host, []).append(name)
+    _check_size(source, spec, lineage)
     base_cache: dict[tuple[str, ...], dict[str, Any]] = {}
     members: dict[str, set[str]] = {name: set() for name in groups}
     hosts = []
@@ -342,6 +335,70 @@ def _assemble(source: str, spec: InventorySpec) -> Inventory:
         hosts.append(_make_host(host, values, chain))
     frozen = {name: frozenset(names) for name, names in members.items()}
     return Inventory(source, tuple(hosts), tuple(groups), spec.schedules, frozen)
+
+
+def _lineages(
+    source: str, groups: Mapping[str, GroupSpec]
+) -> tuple[dict[str, int], dict[str, frozenset[str]]]:
+    """Each group's depth and lineage (itself and all its ancestors), parents first.
+
+    Raises `InventoryError` when the lineages would hold more than `MAX_MEMBERSHIPS`
+    names in all (a long chain or a wide lattice of children), before building them.
+    """
+    parents: dict[str, list[str]] = {name: [] for name in groups}
+    for name, group in groups.items():
+        for child in group.children:
+            parents[child].append(name)
+    waiting = {name: len(names) for name, names in parents.items()}
+    order = [name for name, count in waiting.items() if not count]
+    depth: dict[str, int] = {}
+    lineage: dict[str, frozenset[str]] = {}
+    cost = 0
+    for name in order:  # grows as groups settle: a topological order (checked acyclic)
+        cost += 1 + sum(len(lineage[p]) for p in parents[name])
+        if cost > MAX_MEMBERSHIPS:
+            message = (
+                f"children nest too deep or too wide: more than {MAX_MEMBERSHIPS} "
+                "group-in-group memberships in the file"
+            )
+            raise InventoryError(source, InventoryProblem(join_path("groups", name), message))
+        depth[name] = 1 + max((depth[p] for p in parents[name]), default=-1)
+        lineage[name] = frozenset([name]).union(*(lineage[p] for p in parents[name]))
+        for child in groups[name].children:
+            waiting[child] -= 1
+            if not waiting[child]:
+                order.append(child)
+    return depth, lineage
+
+
+def _check_size(source: str, spec: InventorySpec, lineage: Mapping[str, frozenset[str]]) -> None:
+    """Raise `InventoryError` when the resolved hosts would be too big to build.
+
+    Counted per group from what the file states: host-group memberships (a host in a
+    group of 200 parents is in 201 groups) and the variables every host would carry.
+    """
+    memberships = values = 0
+    worst = (0, "", "")
+    for name, group in spec.groups.items():
+        here = len(group.hosts) * len(lineage[name])
+        memberships += here
+        shared = len(spec.defaults) + sum(len(spec.groups[g].vars) for g in lineage[name])
+        values += len(group.hosts) * shared + sum(map(len, group.hosts.values()))
+        if here > worst[0]:
+            what = f"its {len(group.hosts)} hosts are each in {len(lineage[name])} groups"
+            worst = (here, join_path(join_path("groups", name), "hosts"), what)
+    if memberships > MAX_MEMBERSHIPS:
+        message = (
+            f"{worst[2]} (with the parents through children): {memberships} host-group "
+            f"memberships in the file (limit {MAX_MEMBERSHIPS})"
+        )
+        raise InventoryError(source, InventoryProblem(worst[1], message))
+    if values > MAX_HOST_VALUES:
+        message = (
+            f"hosts would carry {values} variables in all once defaults and group vars "
+            f"are applied (limit {MAX_HOST_VALUES})"
+        )
+        raise InventoryError(source, InventoryProblem("", message))
 
 
 def _make_host(name: str, values: dict[str, Any], groups: tuple[str, ...]) -> Host:

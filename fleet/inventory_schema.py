@@ -14,7 +14,11 @@ from typing import Any
 
 from fleet.errors import InventoryProblem, PatternError
 from fleet.hosts import KNOWN_HOST_VARS
-from fleet.noderange import expand_hosts, fold_hosts, name_problem
+from fleet.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
+
+#: Hosts listed across the file once ranges are expanded (a host listed in two groups
+#: counts twice). Counted before anything is expanded: a larger file is refused.
+MAX_HOSTS = 100_000
 
 TOP_KEYS = ("defaults", "groups", "schedules")
 GROUP_KEYS = ("children", "hosts", "queue", "vars")
@@ -55,9 +59,11 @@ class Schedule:
 
 
 def join_path(path: str, key: object) -> str:
-    """`path` extended by `key`; a key that would not print plainly is shown escaped."""
+    """`path` extended by `key`; a key that would not print plainly (or is very long)
+    is shown escaped and shortened."""
     text = key if isinstance(key, str) else str(key)
-    if not text or not all(c.isprintable() and not c.isspace() for c in text):
+    # isprintable() is false for every whitespace but " ": one C-speed pass, no loop
+    if not text or len(text) > 100 or not text.isprintable() or " " in text:
         text = show(text)
     return f"{path}.{text}" if path else text
 
@@ -93,6 +99,7 @@ class _Checker:
 
     def __init__(self, problems: list[InventoryProblem]) -> None:
         self.problems = problems
+        self.expand = True  # False once the hosts listed are known to be too many
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(InventoryProblem(path, message))
@@ -140,7 +147,9 @@ class _Checker:
 
     def groups(self, raw: Any) -> dict[str, GroupSpec]:
         groups: dict[str, GroupSpec] = {}
-        for name, body in self.mapping(raw, "groups", "group names to groups").items():
+        raw = self.mapping(raw, "groups", "group names to groups")
+        self.expand = self.count_hosts(raw)
+        for name, body in raw.items():
             path = join_path("groups", name)
             if problem := name_problem(name, "group name"):
                 self.add(path, problem)
@@ -178,8 +187,44 @@ class _Checker:
                 self.add(path + ".children", f"group {child!r} listed twice")
             else:
                 group.children.append(child)
-        self.group_hosts(body.get("hosts"), path + ".hosts", group)
+        if self.expand:
+            self.group_hosts(body.get("hosts"), path + ".hosts", group)
         return group
+
+    def count_hosts(self, raw: dict[Any, Any]) -> bool:
+        """Whether the hosts the groups list, counted without expanding a range, stay
+        within `MAX_HOSTS`; if not, one problem names the largest listing."""
+        total, worst = 0, (0, "", "", 0)  # (hosts in a group, its path, largest key, its size)
+        sizes: dict[str, int] = {}  # an alias repeats keys: count each text once
+        for name, body in raw.items():
+            hosts = body.get("hosts") if isinstance(body, dict) else None
+            if not isinstance(hosts, dict):
+                continue
+            here, big_key, big = 0, "", 0
+            for key in hosts:
+                if not isinstance(key, str):
+                    continue  # group_hosts reports it
+                if (size := sizes.get(key)) is None:
+                    try:
+                        size = count_range(key)  # 1 for a plain name
+                    except PatternError:
+                        size = 0  # group_hosts reports it
+                    sizes[key] = size
+                here += size
+                if size > big:
+                    big_key, big = key, size
+            total += here
+            if here > worst[0]:
+                worst = (here, join_path(join_path("groups", name), "hosts"), big_key, big)
+        if total <= MAX_HOSTS:
+            return True
+        here, path, key, big = worst
+        if big > MAX_HOSTS:
+            self.add(path, f"{show(key)} expands to {_shown_count(big)} hosts (limit {MAX_HOSTS})")
+        else:
+            self.add(path, f"lists {here} hosts once ranges are expanded, "
+                     f"{_shown_count(total)} in the whole file (limit {MAX_HOSTS})")  # fmt: skip
+        return False
 
     def group_hosts(self, raw: Any, path: str, group: GroupSpec) -> None:
         origin: dict[str, str] = {}
@@ -268,6 +313,10 @@ class _Checker:
                     None if timeout is None else _seconds(timeout),
                 )  # fmt: skip
         return schedules
+
+
+def _shown_count(count: int) -> str:
+    return str(count) if count <= COUNT_CAP else f"more than {COUNT_CAP}"
 
 
 def _seconds(value: Any) -> float | None:

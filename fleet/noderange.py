@@ -18,10 +18,16 @@ from fleet.errors import PatternError
 
 #: A range that expands to more hosts than this is refused before it is expanded.
 MAX_RANGE_HOSTS = 100_000
+#: `count_range` stops multiplying past this (a key of many 64-digit brackets would
+#: otherwise build a huge integer just to be refused).
+COUNT_CAP = 10**18
 
 # Characters the pattern language (``web,db:&prod:!web03``, globs) or NodeSet's own
 # syntax gives a meaning to: a name holding one could never be selected reliably.
 _RESERVED = frozenset(",:!&*?[]@^")
+_SUSPECT = re.compile(r"[\s,:!&*?\[\]@^]")  # a fast first look; the loop says why
+#: Longer names are refused (DNS names stop at 253): each listing checks its name.
+MAX_NAME_LENGTH = 255
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
 _RANGE_ITEM = re.compile(r"(\d+)(?:-(\d+)(?:/(\d+))?)?")
 
@@ -32,8 +38,12 @@ def name_problem(name: object, what: str = "host name") -> str | None:
         return f"{what} must be a string, got {name!r}"
     if not name:
         return f"{what} is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{what} {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters"
     if name.startswith("-"):
         return f"{what} {name!r} starts with '-'"
+    if name.isprintable() and _SUSPECT.search(name) is None:
+        return None
     for char in name:
         if char.isspace() or not char.isprintable():
             return f"{what} {name!r} contains whitespace or a control character"
@@ -48,6 +58,8 @@ def has_range(text: str) -> bool:
 
 def count_range(text: str) -> int:
     """How many names `text` expands to, computed without expanding it.
+
+    Exact up to `COUNT_CAP`; a larger result only says "more than `COUNT_CAP`".
 
     Raises `PatternError` when `text` is not a name with ``[...]`` ranges of our grammar:
     items ``N``, ``N-M`` or ``N-M/STEP``, separated by commas.
@@ -71,7 +83,7 @@ def count_range(text: str) -> int:
             elif int(high) >= int(low) and int(step or 1) > 0:
                 size += (int(high) - int(low)) // int(step or 1) + 1
         total *= max(size, 1)
-        if total > MAX_RANGE_HOSTS:
+        if total > COUNT_CAP:
             break
     return total
 

@@ -10,6 +10,9 @@ import pytest
 from fleet.errors import InventoryError, InventoryProblem, PatternError
 from fleet.inventory import (
     MAX_DEPTH,
+    MAX_HOST_VALUES,
+    MAX_HOSTS,
+    MAX_MEMBERSHIPS,
     Inventory,
     Schedule,
     load_inventory,
@@ -409,6 +412,22 @@ def test_duplicate_keys_in_flow_mappings_and_defaults() -> None:
 
 
 @pytest.mark.usefixtures("both_parsers")
+def test_keys_equal_in_python_but_not_in_yaml_are_not_duplicates() -> None:
+    # 1 == True == 1.0 in Python; YAML resolves int, bool and float: three keys.
+    assert parse_inventory("defaults: {m: {a: 1, b: 2}}", "x").hosts == ()
+    text = "groups: {web: {hosts: {h: {m: {1: a, true: b}}}}}"
+    found = one_problem(text)
+    assert "duplicate" not in found and found.startswith("groups.web.hosts.h.m: expected")
+    assert one_problem("defaults: {1: x, true: y, 1.0: z}").startswith("defaults.1: variable")
+
+
+@pytest.mark.usefixtures("both_parsers")
+def test_same_value_spelled_twice_is_a_duplicate() -> None:
+    found = problems("defaults: {1: x, 0x1: y}")
+    assert "defaults: duplicate key 1 (lines 1 and 1)" in found
+
+
+@pytest.mark.usefixtures("both_parsers")
 def test_merge_keys_may_be_overridden() -> None:
     text = """
 defaults: &base {user: a, port: 2}
@@ -448,7 +467,7 @@ def test_same_host_in_two_groups_is_fine() -> None:
         ("''", "empty"),
         ("'web[01-'", "range"),
         ("'web,db'", "reserve"),
-        ("'web[1-1000000]'", "more than 100000 hosts"),
+        ("'" + "w" * 256 + "'", "longer than 255 characters"),
     ],
 )
 def test_invalid_host_names(name: str, fragment: str) -> None:
@@ -604,6 +623,92 @@ def test_deep_nesting_through_aliases_is_refused() -> None:
 def test_giant_integer_is_a_problem_not_a_crash() -> None:
     found = problems("defaults: {port: " + "9" * 10000 + "}")
     assert len(found) == 1 and "cannot parse YAML" in found[0]
+
+
+# --- size limits: counted before anything is expanded -----------------------------------
+
+
+def refused_quickly(text: str) -> str:
+    start = time.perf_counter()
+    found = one_problem(text)
+    assert time.perf_counter() - start < 0.5, found
+    return found
+
+
+def test_one_huge_range_names_its_key_and_count() -> None:
+    found = refused_quickly("groups:\n  web:\n    hosts:\n      'x[1-99999999]': {}\n")
+    assert found == (
+        f"groups.web.hosts: 'x[1-99999999]' expands to 99999999 hosts (limit {MAX_HOSTS})"
+    )
+
+
+def test_astronomic_range_is_counted_not_built() -> None:
+    key = "x" + "[1-" + "9" * 60 + "]" * 1 + "y[1-" + "9" * 60 + "]"
+    found = refused_quickly(f"groups: {{web: {{hosts: {{'{key}': {{}}}}}}}}")
+    assert "expands to more than 1000000000000000000 hosts" in found
+
+
+def test_fifty_ranges_under_the_range_limit_are_refused_together() -> None:
+    keys = ", ".join(f"'r{i}x[1-99999]': {{}}" for i in range(50))
+    found = refused_quickly("groups:\n  g:\n    hosts: {" + keys + "}\n")
+    assert found == (
+        f"groups.g.hosts: lists 4999950 hosts once ranges are expanded, "
+        f"4999950 in the whole file (limit {MAX_HOSTS})"
+    )
+
+
+def test_hosts_are_counted_across_groups_and_aliases() -> None:
+    text = "groups:\n  g0: {hosts: &h {'n[1-60000]': {}}}\n  g1: {hosts: *h}\n"
+    found = refused_quickly(text)
+    assert found.startswith("groups.g0.hosts: lists 60000 hosts") and "120000 in the whole" in found
+
+
+def test_many_parents_of_a_big_group_are_refused() -> None:
+    text = "groups:\n  big:\n    hosts: {'h[1-50000]': {}}\n"
+    text += "".join(f"  p{i}: {{children: [big]}}\n" for i in range(200))
+    found = refused_quickly(text)
+    assert found == (
+        "groups.big.hosts: its 50000 hosts are each in 201 groups (with the parents through "
+        f"children): 10050000 host-group memberships in the file (limit {MAX_MEMBERSHIPS})"
+    )
+
+
+def test_long_chain_of_children_is_refused() -> None:
+    text = "groups:\n" + "".join(f"  g{i}: {{children: [g{i + 1}]}}\n" for i in range(3000))
+    found = refused_quickly(text + "  g3000: {hosts: {h: {}}}\n")
+    assert "children nest too deep or too wide" in found and found.startswith("groups.g")
+
+
+def test_variables_multiplied_by_hosts_are_refused() -> None:
+    many = ", ".join(f"v{i}: 1" for i in range(100))
+    text = f"defaults: {{{many}}}\ngroups: {{g: {{hosts: {{'h[1-60000]': {{}}}}}}}}\n"
+    found = refused_quickly(text)
+    assert found == (
+        "hosts would carry 6000000 variables in all once defaults and group vars are "
+        f"applied (limit {MAX_HOST_VALUES})"
+    )
+
+
+def test_largest_allowed_inventory_loads() -> None:
+    text = "groups:\n  a: {hosts: {'n[1-50000]': {}}}\n  b: {hosts: {'m[1-50000]': {}}}\n"
+    text += "  top: {children: [a, b]}\n"
+    assert len(parse_inventory(text, "x").select("top")) == MAX_HOSTS
+
+
+def test_ten_thousand_hosts_in_fifty_groups_with_parents_build_quickly() -> None:
+    lines = ["groups:"]
+    for g in range(50):
+        lines += [f"  g{g}:", f"    vars: {{v{g}: {g}, user: u{g}}}", "    hosts:"]
+        lines += [f"      host{g}-{i}.example.com: {{port: {1000 + i}}}" for i in range(200)]
+    for k in range(10):
+        children = ", ".join(f"g{g}" for g in range(k * 5, k * 5 + 5))
+        lines += [f"  parent{k}:", f"    vars: {{p: {k}}}", f"    children: [{children}]"]
+    lines += ["  top:", f"    children: [{', '.join(f'parent{k}' for k in range(10))}]"]
+    start = time.perf_counter()
+    inv = parse_inventory("\n".join(lines), "big.yaml")
+    assert len(inv.select("top")) == 10000
+    assert inv.host("host7-3.example.com").groups == ("top", "parent1", "g7")
+    assert time.perf_counter() - start < 30  # a hang guard, not a benchmark
 
 
 # --- files ------------------------------------------------------------------------------
