@@ -9,18 +9,22 @@ once). A changed key is always rejected, with both fingerprints.
 from __future__ import annotations
 
 import base64
+import binascii
 import fcntl
 import hashlib
+import hmac
 import os
+import re
 import threading
 from dataclasses import dataclass
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from fleet.results import Status
 from fleet.ssh.errors import ConnectFailure
 
-_cache: dict[str, tuple[tuple[float, int], paramiko.HostKeys]] = {}
+_cache: dict[str, tuple[tuple[float, int], _KnownHosts]] = {}
 _cache_lock = threading.Lock()
 
 # Server host key algorithms paramiko can negotiate for each known key type.
@@ -37,7 +41,76 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
-def _load(path: str, *, fresh: bool = False) -> paramiko.HostKeys | None:
+@dataclass(frozen=True, slots=True)
+class _Line:
+    names: tuple[str, ...]  # host patterns, or one hashed name (|1|salt|hash)
+    key: paramiko.PKey
+
+    def matches(self, host: str) -> bool:
+        """OpenSSH's rules: any pattern matches and no negated one does."""
+        host = host.lower()
+        hit = False
+        for name in self.names:
+            if name.startswith("|1|"):
+                hit = hit or _hashed_match(name, host)
+            elif name.startswith("!"):
+                if _pattern(name[1:]).fullmatch(host):
+                    return False
+            elif _pattern(name).fullmatch(host):
+                hit = True
+        return hit
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownHosts:
+    keys: tuple[_Line, ...]
+    revoked: tuple[_Line, ...]
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    # Only `*` and `?` are wildcards: `[addr]:port` brackets are literal.
+    escaped = re.escape(text.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(escaped)
+
+
+def _hashed_match(hashed: str, host: str) -> bool:
+    try:
+        return hmac.compare_digest(paramiko.HostKeys.hash_host(host, hashed), hashed)
+    except (ValueError, TypeError, binascii.Error, AssertionError):
+        return False
+
+
+def _parse(path: str) -> _KnownHosts:
+    """A known_hosts file as OpenSSH reads it; lines we cannot use are skipped.
+
+    `@cert-authority` lines are skipped: fleet does not check host certificates
+    (paramiko cannot), so such hosts need a plain key line to be trusted.
+    `@revoked` keys are never accepted for the hosts they name.
+    """
+    keys: list[_Line] = []
+    revoked: list[_Line] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            sink = keys
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                if marker == "@revoked":
+                    sink = revoked
+                else:
+                    continue  # @cert-authority, or a marker we do not know
+            try:
+                entry = HostKeyEntry.from_line(line.strip(), lineno)
+            except (InvalidHostKey, paramiko.SSHException, ValueError, binascii.Error):
+                continue  # as OpenSSH: a bad line is skipped, not fatal for every host
+            if entry is not None and entry.key is not None:
+                sink.append(_Line(tuple(entry.hostnames), entry.key))
+    return _KnownHosts(tuple(keys), tuple(revoked))
+
+
+def _load(path: str, *, fresh: bool = False) -> _KnownHosts | None:
     """Parsed file, cached by (mtime, size): big known_hosts files are parsed once."""
     try:
         st = os.stat(path)
@@ -49,14 +122,13 @@ def _load(path: str, *, fresh: bool = False) -> paramiko.HostKeys | None:
             cached = _cache.get(path)
             if cached and cached[0] == stamp:
                 return cached[1]
-    keys = paramiko.HostKeys()
     try:
-        keys.load(path)
-    except (OSError, paramiko.SSHException):
+        parsed = _parse(path)
+    except OSError:
         return None
     with _cache_lock:
-        _cache[path] = (stamp, keys)
-    return keys
+        _cache[path] = (stamp, parsed)
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +150,19 @@ class HostKeyPolicy:
         )
 
     def known_keys(self, name: str, *, fresh: bool = False) -> list[tuple[str, paramiko.PKey]]:
+        return self._find(name, fresh=fresh, revoked=False)
+
+    def revoked_keys(self, name: str) -> list[tuple[str, paramiko.PKey]]:
+        return self._find(name, fresh=False, revoked=True)
+
+    def _find(self, name: str, *, fresh: bool, revoked: bool) -> list[tuple[str, paramiko.PKey]]:
         found: list[tuple[str, paramiko.PKey]] = []
         for path in self.files:
-            keys = _load(path, fresh=fresh)
-            entry = keys.lookup(name) if keys is not None else None
-            if entry:
-                found.extend((path, key) for key in entry.values())
+            parsed = _load(path, fresh=fresh)
+            if parsed is None:
+                continue
+            lines = parsed.revoked if revoked else parsed.keys
+            found.extend((path, line.key) for line in lines if line.matches(name))
         return found
 
     def preferred_algorithms(self, name: str, offered: tuple[str, ...]) -> tuple[str, ...]:
@@ -96,6 +175,13 @@ class HostKeyPolicy:
 
     def verify(self, name: str, key: paramiko.PKey) -> None:
         """Accept `key` for `name` or raise `ConnectFailure` (hostkey_rejected)."""
+        for path, bad in self.revoked_keys(name):
+            if bad.asbytes() == key.asbytes():
+                raise ConnectFailure(
+                    Status.HOSTKEY_REJECTED,
+                    f"host key for {name} is REVOKED: the host offered {fingerprint(key)}, "
+                    f"marked @revoked in {path}. Refusing to connect",
+                )
         self._check(name, key, self.known_keys(name))
 
     def _check(self, name: str, key: paramiko.PKey, known: list[tuple[str, paramiko.PKey]]) -> None:

@@ -481,3 +481,41 @@ def test_timeout_with_pid_1_kills_nothing(env: dict[str, Any]) -> None:
     r = run(env, make_pool(channels=[hung, killer]))
     assert r.status is Status.TIMEOUT and r.remote_kill_confirmed is False
     assert killer.command == ""  # no kill channel was used
+
+
+def _line(marker: str, names: str, name: str) -> str:
+    k = key(name)
+    return f"{marker}{names} {k.get_name()} {k.get_base64()}\n".lstrip()
+
+
+def test_cert_authority_line_is_skipped_not_fatal(env: dict[str, Any]) -> None:
+    # A valid OpenSSH line that paramiko cannot parse; fleet does not do host certs.
+    genuine = env["known"].read_text()
+    env["known"].write_text(_line("@cert-authority ", "*.example.com", "ca") + genuine)
+    assert run(env, make_pool()).ok
+    env["known"].write_text(_line("@cert-authority ", "[10.0.0.1]:2222", "genuine"))
+    r = run(env, make_pool())  # a CA line alone does not make the key known
+    assert r.status is Status.HOSTKEY_REJECTED and "unknown host key" in (r.error or "")
+
+
+@pytest.mark.parametrize("names", ["[10.0.0.1]:2222", "*", "[10.0.0.*]:2222,other"])
+def test_revoked_key_is_rejected(env: dict[str, Any], names: str) -> None:
+    env["known"].write_text(env["known"].read_text() + _line("@revoked ", names, "genuine"))
+    options = ExecOptions.from_dict({**env["options"].to_dict(), "accept_new_host_keys": True})
+    r = run_command(env["host"], "true", options, make_pool())
+    assert r.status is Status.HOSTKEY_REJECTED
+    assert "REVOKED" in (r.error or "") and fingerprint(key("genuine")) in (r.error or "")
+
+
+def test_revoked_for_another_host_only_does_not_matter(env: dict[str, Any]) -> None:
+    revoked = _line("@revoked ", "[10.0.0.9]:2222", "genuine")
+    env["known"].write_text(env["known"].read_text() + revoked + "garbage line here\n")
+    assert run(env, make_pool()).ok
+
+
+def test_wildcard_and_negated_patterns(env: dict[str, Any]) -> None:
+    env["known"].write_text(_line("", "[10.0.0.*]:2222,![10.0.0.2]:2222", "genuine"))
+    assert run(env, make_pool()).ok
+    other = Host.from_dict({**env["host"].to_dict(), "address": "10.0.0.2"})
+    r = run_command(other, "true", env["options"], make_pool())
+    assert r.status is Status.HOSTKEY_REJECTED and "unknown host key" in (r.error or "")
