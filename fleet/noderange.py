@@ -67,16 +67,16 @@ def count_range(text: str) -> int:
     total = 1
     literal = _BRACKET.sub("0", text)
     if "[" in literal or "]" in literal:
-        raise PatternError(f"bad range {text!r}: unbalanced or nested brackets")
+        raise PatternError(f"bad range {_brief(text)}: unbalanced or nested brackets")
     problem = name_problem(literal)
     if problem:
-        raise PatternError(f"bad range {text!r}: {problem}")
+        raise PatternError(f"bad range {_brief(text)}: {problem}")
     for body in _BRACKET.findall(text):
         size = 0
         for item in body.split(","):
             match = _RANGE_ITEM.fullmatch(item) if len(item) <= 64 else None
             if match is None:
-                raise PatternError(f"bad range {text!r}: {item!r} is not N, N-M or N-M/STEP")
+                raise PatternError(f"bad range {_brief(text)}: {item!r} is not N, N-M or N-M/STEP")
             low, high, step = match.groups()
             if high is None:
                 size += 1
@@ -103,11 +103,16 @@ def expand_hosts(text: str) -> list[str]:
         return [text]
     size = count_range(text)
     if size > MAX_RANGE_HOSTS:
-        raise PatternError(f"range {text!r} expands to more than {MAX_RANGE_HOSTS} hosts")
+        raise PatternError(f"range {_brief(text)} expands to more than {MAX_RANGE_HOSTS} hosts")
     try:
         return list(NodeSet(text, resolver=RESOLVER_NOGROUP))
     except (NodeSetException, AssertionError, ValueError) as exc:
-        raise PatternError(f"bad range {text!r}: {exc}") from exc
+        raise PatternError(f"bad range {_brief(text)}: {exc}") from exc
+
+
+def _brief(text: str) -> str:
+    """`text` quoted for a message, shortened: a key may be megabytes long."""
+    return repr(text) if len(text) <= 80 else repr(text[:60]) + f"... ({len(text)} characters)"
 
 
 def fold_hosts(names: Iterable[str]) -> str:

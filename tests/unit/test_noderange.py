@@ -7,7 +7,14 @@ import time
 import pytest
 
 from fleet.errors import PatternError
-from fleet.noderange import MAX_RANGE_HOSTS, count_range, expand_hosts, fold_hosts, name_problem
+from fleet.noderange import (
+    COUNT_CAP,
+    MAX_RANGE_HOSTS,
+    count_range,
+    expand_hosts,
+    fold_hosts,
+    name_problem,
+)
 
 
 def test_plain_name_expands_to_itself() -> None:
@@ -100,6 +107,24 @@ def test_huge_range_is_refused_without_expanding() -> None:
 def test_count_range() -> None:
     assert count_range("r[1-2]-n[01-04,07]") == 10
     assert count_range("web[1-9/2]") == 5
+    assert count_range("web01") == 1
+
+
+def test_count_range_is_exact_past_the_range_limit_up_to_its_cap() -> None:
+    assert count_range("a[1-1000]b[1-1000]c[1-1000]") == 10**9
+    assert count_range("n[1-" + "9" * 60 + "]" + "[1-9]" * 10) > COUNT_CAP
+
+
+def test_messages_about_a_long_range_are_short() -> None:
+    with pytest.raises(PatternError) as err:
+        expand_hosts("n[1-9]" + "x" * 1_000_000)
+    assert len(str(err.value)) < 200 and "(1000006 characters)" in str(err.value)
+
+
+def test_long_names_are_refused_without_a_long_message() -> None:
+    problem = name_problem("a" * 1_000_000)
+    assert problem is not None and "longer than 255" in problem and len(problem) < 120
+    assert name_problem("a" * 255) is None
 
 
 def test_largest_allowed_range_expands() -> None:
