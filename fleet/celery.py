@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 from celery.worker import WorkController
 
 from fleet.settings import Settings
@@ -45,6 +46,22 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _warm_up(**_: Any) -> None:
+    # Open the store and load the SSH layer before the first task, not inside it: a cold
+    # worker's first tasks otherwise all pay for imports and connections at once.
+    worker_store()
+    import fleet.ssh  # noqa: F401
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_connections(**_: Any) -> None:
+    from fleet.ssh import close_default_pool
+
+    close_default_pool()
+
 
 _apps_lock = threading.Lock()
 _apps: dict[tuple[str, str], Celery] = {}
