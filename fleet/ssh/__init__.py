@@ -3,7 +3,7 @@
 Public surface: `run_command`, `put_file`, `get_file` (each takes a `Host` and
 `ExecOptions` and returns a `HostResult`, never raising for the host's trouble),
 `ConnectionPool`, `Connector` (injectable socket and transport factories),
-`default_pool()` and `close_default_pool()`.
+`default_pool()`, `configure_default_pool()` and `close_default_pool()`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from fleet.execute import CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import sftp
-from fleet.ssh.command import run_channel
+from fleet.ssh.command import StartTimeout, run_channel, start_command
 from fleet.ssh.connect import Connector
-from fleet.ssh.errors import ConnectFailure
+from fleet.ssh.errors import ConnectFailure, SessionRefused
 from fleet.ssh.pool import ConnectionPool, Lease
 from fleet.ssh.sshconfig import Target, resolve_target
 
@@ -31,6 +31,7 @@ __all__ = [
     "ConnectionPool",
     "Connector",
     "close_default_pool",
+    "configure_default_pool",
     "default_pool",
     "get_file",
     "put_file",
@@ -42,6 +43,7 @@ T = TypeVar("T")
 _default: ConnectionPool | None = None
 _default_pid = 0
 _default_lock = threading.Lock()
+_default_config: tuple[int, float] = (256, 300.0)
 
 
 def default_pool() -> ConnectionPool:
@@ -53,9 +55,23 @@ def default_pool() -> ConnectionPool:
     global _default, _default_pid
     with _default_lock:
         if _default is None or _default_pid != os.getpid():
-            _default = ConnectionPool()
+            _default = ConnectionPool(max_size=_default_config[0], idle_ttl=_default_config[1])
             _default_pid = os.getpid()
         return _default
+
+
+def configure_default_pool(max_size: int, idle_ttl: float) -> None:
+    """Size bound and idle TTL of this process's pool (settings `pool_size`,
+    `pool_idle_ttl`); applies to the pool now and to any pool created later."""
+    global _default_config
+    with _default_lock:
+        _default_config = (max_size, idle_ttl)
+        pool = _default if _default_pid == os.getpid() else None
+    if pool is not None:
+        pool.max_size = max_size
+        pool.idle_ttl = idle_ttl
+        pool.sweep()
+        pool.release_excess()
 
 
 def close_default_pool() -> None:
@@ -76,26 +92,47 @@ def _prepare(host: Host, options: ExecOptions) -> Target:
 def _open(
     pool: ConnectionPool, target: Target, options: ExecOptions, opener: Callable[[Any], T]
 ) -> tuple[Lease, T]:
-    """A lease and a fresh channel on it. A pooled transport found dead is replaced
-    once: nothing has run on the host yet, so a reconnect is safe."""
-    for attempt in range(2):
-        lease = pool.acquire(target, options)
+    """A lease and a fresh channel on it; nothing has run on the host yet, so two
+    retries are safe: a pooled transport found dead is replaced once, and a refused
+    channel (OpenSSH `MaxSessions`) is tried once more on another transport."""
+    avoid: Any = None
+    replaced_dead = False
+    while True:
+        lease = pool.acquire(target, options, avoid=avoid)
         try:
-            return lease, opener(lease.transport)
-        except paramiko.ChannelException as exc:
+            return lease, pool.open_channel(lease, opener)
+        except (paramiko.ChannelException, SessionRefused) as exc:
+            pool.release(lease)
+            if avoid is None:
+                avoid = lease.transport
+                continue
+            detail = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc)
+            raise ConnectFailure(
+                Status.ERROR, f"the host refused a new session channel: {detail}"
+            ) from None
+        except StartTimeout:
+            # A transport that leaves a request unanswered serves nobody else.
+            pool.retire(lease)
             pool.release(lease)
             raise ConnectFailure(
-                Status.ERROR, f"the host refused a new session channel: {exc.text}"
+                Status.TIMEOUT,
+                f"the host did not answer the request to start the session within "
+                f"{_start_timeout(options):g} s (it may have started: nothing more is known)",
             ) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             pool.release(lease)
             pool.discard(lease)
-            if lease.reused and attempt == 0:
+            if lease.reused and not replaced_dead:
+                replaced_dead = True
                 continue
             raise ConnectFailure(
                 Status.UNREACHABLE, f"connection lost before the command started: {_words(exc)}"
             ) from None
-    raise AssertionError("unreachable")
+
+
+def _start_timeout(options: ExecOptions) -> float:
+    """How long a host may take to accept a session or exec request."""
+    return min(options.connect_timeout, options.command_timeout)
 
 
 def _words(exc: BaseException) -> str:
@@ -128,12 +165,31 @@ def run_command(
     try:
         target = _prepare(host, options)
         lease, channel = _open(
-            pool, target, options, lambda t: t.open_session(timeout=options.connect_timeout)
+            pool,
+            target,
+            options,
+            lambda t: start_command(t, invocation, _start_timeout(options)),
         )
     except ConnectFailure as failure:
         return clock.result(host, failure.status, error=failure.message)
     except Exception as exc:  # a bug or an unforeseen library error: still a result
         return clock.result(host, Status.ERROR, error=f"{type(exc).__name__}: {_words(exc)}")
+    spare: list[Lease] = []
+
+    def open_kill_channel(timeout: float) -> Any:
+        def session(transport: Any) -> Any:
+            return transport.open_session(timeout=timeout)
+
+        try:
+            return pool.open_channel(lease, session)
+        except paramiko.SSHException:  # refused (or reported as "Unable to open channel.")
+            if not lease.transport.is_active():
+                raise
+            # At MaxSessions (sshd keeps the timed-out command's session while it
+            # runs): the kill goes through another transport to the same host.
+            spare.append(pool.acquire(target, options, avoid=lease.transport))
+            return pool.open_channel(spare[-1], session)
+
     try:
         outcome = run_channel(
             lease.transport,
@@ -143,6 +199,8 @@ def run_command(
             stderr,
             options.command_timeout,
             stdin_data,
+            open_channel=open_kill_channel,
+            started=True,
         )
     except Exception as exc:
         channel.close()
@@ -160,6 +218,8 @@ def run_command(
         )
     finally:
         pool.release(lease)
+        for extra in spare:
+            pool.release(extra)
     return clock.finished(
         host,
         exit_code=outcome.exit_code,

@@ -12,11 +12,16 @@ from __future__ import annotations
 import re
 import select
 import shlex
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import paramiko
+
 from fleet.execute import EOF_GRACE, CappedBuffer, Invocation
+from fleet.ssh.errors import SessionRefused
 
 _MARKER = b"FLEET-PID "
 _MARKER_LINE = re.compile(rb"FLEET-PID (\d+)\n")
@@ -26,6 +31,8 @@ _CHUNK = 65536
 # hold the streams open forever (ssh itself would hang there).
 _EOF_GRACE = EOF_GRACE
 _KILL_TIMEOUT = 5.0
+
+ChannelOpener = Callable[[float], Any]
 
 
 def remote_line(invocation: Invocation) -> str:
@@ -69,6 +76,70 @@ def plausible_pid(text: bytes) -> int | None:
     return pid if pid > 1 else None
 
 
+class StartTimeout(Exception):
+    """The host did not answer a channel request (exec, subsystem) in time."""
+
+
+def bounded_request(channel: Any, request: Callable[[], object], timeout: float) -> None:
+    """Run a channel request such as `exec_command`: paramiko waits for the server's
+    reply with no timeout, so a host that never answers would hold the thread
+    forever. At the deadline the channel is closed, which wakes that wait.
+    Raises `StartTimeout` then, or what the request raised."""
+    lock = threading.Lock()
+    state = {"done": False, "expired": False}
+
+    def expire() -> None:
+        with lock:
+            if state["done"]:
+                return
+            state["expired"] = True
+        channel.close()
+
+    timer = threading.Timer(max(timeout, 0.0), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        request()
+    except Exception:
+        with lock:
+            state["done"] = True
+            expired = state["expired"]
+        if expired:
+            raise StartTimeout from None
+        raise
+    finally:
+        timer.cancel()
+    with lock:
+        state["done"] = True
+        expired = state["expired"]
+    if expired:  # the reply came as the timer closed the channel: it is gone anyway
+        raise StartTimeout
+
+
+def start_command(transport: Any, invocation: Invocation, timeout: float) -> Any:
+    """A new session channel with `invocation` started on it, within `timeout`.
+
+    Raises `paramiko.ChannelException` or `SessionRefused` when the server refuses
+    the session or the exec request (the command did not start), `StartTimeout`.
+    """
+    channel = None
+    try:
+        channel = transport.open_session(timeout=timeout)
+        channel.set_combine_stderr(False)
+        bounded_request(channel, lambda: channel.exec_command(remote_line(invocation)), timeout)
+    except (StartTimeout, paramiko.ChannelException):
+        raise
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        if channel is not None:
+            channel.close()
+        # With several refusals at once paramiko reports all but one as a bare
+        # "Unable to open channel." (it keeps one saved exception per transport).
+        if transport.is_active():
+            raise SessionRefused(str(exc) or type(exc).__name__) from None
+        raise
+    return channel
+
+
 class _Sink(Protocol):
     def feed(self, data: bytes) -> None: ...
 
@@ -89,13 +160,27 @@ def run_channel(
     stderr: CappedBuffer,
     timeout: float,
     stdin_data: bytes | None = None,
+    *,
+    start_timeout: float | None = None,
+    open_channel: ChannelOpener | None = None,
+    started: bool = False,
 ) -> Outcome:
-    """Run `invocation` on `channel` (already open) until it ends or `timeout` passes."""
+    """Run `invocation` on `channel` (already open) until it ends or `timeout` passes.
+
+    The server must accept the exec request within `start_timeout` (default: the
+    whole `timeout`), else `StartTimeout`. `open_channel(timeout)` opens the channel
+    for a kill after a timeout (default: a session on `transport`). `started`: the
+    channel comes from `start_command`.
+    """
     deadline = time.monotonic() + timeout
     marked = _MarkedStdout(stdout)
+    start_within = timeout if start_timeout is None else min(timeout, start_timeout)
     try:
-        channel.set_combine_stderr(False)
-        channel.exec_command(remote_line(invocation))
+        if not started:
+            channel.set_combine_stderr(False)
+            bounded_request(
+                channel, lambda: channel.exec_command(remote_line(invocation)), start_within
+            )
         if stdin_data:
             channel.sendall(stdin_data)
         channel.shutdown_write()  # the command sees EOF on stdin at once
@@ -107,7 +192,7 @@ def run_channel(
         channel.close()
         return Outcome(exit_code=None if status < 0 else status, timed_out=False)
     channel.close()
-    confirmed, note = kill_remote(transport, marked.pid, invocation.become)
+    confirmed, note = kill_remote(transport, marked.pid, invocation.become, open_channel)
     return Outcome(exit_code=None, timed_out=True, kill_confirmed=confirmed, kill_note=note)
 
 
@@ -155,7 +240,9 @@ def _fileno(channel: Any) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-def kill_remote(transport: Any, pid: int | None, become: bool) -> tuple[bool, str]:
+def kill_remote(
+    transport: Any, pid: int | None, become: bool, open_channel: ChannelOpener | None = None
+) -> tuple[bool, str]:
     """End the timed-out command's process group; report whether that is confirmed."""
     if pid is None or pid <= 1:
         return False, "could not confirm the remote process ended (no usable PID was reported)"
@@ -176,8 +263,14 @@ def kill_remote(transport: Any, pid: int | None, become: bool) -> tuple[bool, st
     )
     deadline = time.monotonic() + _KILL_TIMEOUT
     try:
-        channel = transport.open_session(timeout=_KILL_TIMEOUT)
-        channel.exec_command(f"/bin/sh -c {shlex.quote(script)}")
+        if open_channel is None:
+            channel = transport.open_session(timeout=_KILL_TIMEOUT)
+        else:
+            channel = open_channel(_KILL_TIMEOUT)
+        line = f"/bin/sh -c {shlex.quote(script)}"
+        bounded_request(
+            channel, lambda: channel.exec_command(line), max(deadline - time.monotonic(), 0.1)
+        )
         channel.shutdown_write()
         out = CappedBuffer(4096)
         err = CappedBuffer(4096)

@@ -16,3 +16,8 @@ class ConnectFailure(SSHError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class SessionRefused(SSHError):
+    """The server closed or refused a new session before the command started
+    (OpenSSH's `MaxSessions` shows up this way as well as a refused channel)."""

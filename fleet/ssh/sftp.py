@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import paramiko
 
+from fleet.ssh.command import bounded_request
+
 _CHUNK = 32768
 
 
@@ -28,7 +30,7 @@ class TransferTimeout(Exception):
 def open_sftp(transport: Any, timeout: float) -> paramiko.SFTPClient:
     channel = transport.open_session(timeout=timeout)
     channel.settimeout(timeout)
-    channel.invoke_subsystem("sftp")
+    bounded_request(channel, lambda: channel.invoke_subsystem("sftp"), timeout)
     return paramiko.SFTPClient(channel)
 
 

@@ -30,8 +30,17 @@ class Target:
 
     @property
     def key(self) -> tuple[object, ...]:
-        """Pool key: targets with equal keys share one transport."""
-        return (self.address, self.port, self.user, self.jump.key if self.jump else None)
+        """Pool key: targets with equal keys may share a transport. The credentials
+        are part of it: a transport authenticated with one host's key must not
+        serve a host whose configured key would fail."""
+        return (
+            self.address,
+            self.port,
+            self.user,
+            self.identity_files,
+            self.password_env,
+            self.jump.key if self.jump else None,
+        )
 
     @property
     def label(self) -> str:

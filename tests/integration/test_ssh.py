@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import ConnectionPool, Connector, get_file, put_file, run_command
-from tests.harness.sshd import SSHFleet, SSHHost, generate_key
+from tests.harness.sshd import SSHDProcess, SSHFleet, SSHHost, generate_key
 
 
 def fingerprint_of(host: SSHHost) -> str:
@@ -501,3 +502,175 @@ def _fifo_writer(fifo: Path, reader: threading.Thread) -> Any:
             continue
         os.set_blocking(fd, True)
         return os.fdopen(fd, "wb")
+
+
+class _SilentAfterAuth(paramiko.ServerInterface):
+    """Accepts any key and any session, then never answers exec or subsystem."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
+        self.release.wait(30)  # holds the server's transport thread: no reply
+        return False
+
+    def check_channel_subsystem_request(self, channel: Any, name: str) -> bool:
+        self.release.wait(30)
+        return False
+
+
+@pytest.fixture
+def silent_exec_server(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+    """A real SSH peer (paramiko server) on 127.0.1.9 that never answers exec."""
+    host_key = paramiko.RSAKey.generate(2048)
+    server = socket.create_server(("127.0.1.9", 0))
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.1.9]:{port} ssh-rsa {host_key.get_base64()}\n")
+    release = threading.Event()
+    transports: list[paramiko.Transport] = []
+
+    def serve() -> None:
+        while not release.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            t = paramiko.Transport(conn)
+            t.add_server_key(host_key)
+            transports.append(t)
+            # With an event, start_server returns at once (negotiation runs in
+            # the transport's thread) and a client hanging up raises nowhere.
+            t.start_server(event=threading.Event(), server=_SilentAfterAuth(release))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.1.9", port, known
+    finally:
+        release.set()
+        thread.join(2)
+        server.close()
+        for t in transports:
+            t.close()
+
+
+def test_unanswered_exec_request_is_bounded(
+    ssh_fleet: SSHFleet, silent_exec_server: tuple[str, int, Path], pool: ConnectionPool
+) -> None:
+    address, port, known = silent_exec_server
+    host = Host(
+        name="mute", address=address, port=port, user="x", identity_file=str(ssh_fleet.client_key)
+    )
+    options = make_options(known, command_timeout=30)
+    t0 = time.monotonic()
+    r = run_command(host, "true", options, pool)
+    assert r.status is Status.TIMEOUT, r.error
+    assert "did not answer the request to start the session within 1 s" in (r.error or "")
+    assert time.monotonic() - t0 < 3
+    assert len(pool) == 0  # the wedged transport is not kept for the next task
+    t0 = time.monotonic()
+    r = put_file(host, b"x", "/tmp/never", 0o600, options, pool)
+    assert r.status is Status.TIMEOUT and "start the session" in (r.error or ""), r.error
+    assert time.monotonic() - t0 < 3
+
+
+def test_waiters_on_a_silent_host_share_one_timeout(
+    hung_listener: Any, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    host = Host(name="hung", address=hung_listener.address, port=hung_listener.port, user="r")
+    elapsed: list[float] = []
+    results: list[HostResult] = []
+    t0 = time.monotonic()
+
+    def one() -> None:
+        results.append(run_command(host, "true", opts, pool))
+        elapsed.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [Status.UNREACHABLE] * 5
+    assert max(elapsed) < 1.8, elapsed  # one connect timeout (1 s), not five in a row
+    assert hung_listener.accepted == 1
+    t1 = time.monotonic()
+    again = run_command(host, "true", opts, pool)  # the failure is remembered briefly
+    assert again.status is Status.UNREACHABLE and time.monotonic() - t1 < 0.3
+
+
+def test_credentials_and_host_key_policy_are_part_of_the_pool_key(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    h = ssh_fleet.hosts[1]
+    assert run_command(make_host(ssh_fleet, h), "true", opts, pool).ok
+    keyless = make_host(ssh_fleet, h, identity_file=str(tmp_path / "no-such-key"))
+    r = run_command(keyless, "true", opts, pool)
+    assert r.status is Status.AUTH_FAILED, r.error  # not the other host's transport
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    r = run_command(make_host(ssh_fleet, h), "true", make_options(empty), pool)
+    assert r.status is Status.HOSTKEY_REJECTED, r.error
+
+
+class _LimitedSSHD(SSHDProcess):
+    def _config(self) -> str:
+        return super()._config().replace("MaxSessions 100", "MaxSessions 2")
+
+
+class _LimitedFleet(SSHFleet):
+    def _new_process(self, hosts: Any) -> SSHDProcess:
+        self._spawned += 1
+        process = _LimitedSSHD(
+            self.dir / f"sshd{self._spawned:03d}", hosts, self.authorized_keys, self.home
+        )
+        for host in hosts:
+            self._serving[host.name] = process
+        return process
+
+
+@pytest.fixture
+def limited_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHFleet]:
+    """One sshd host allowing 2 sessions per connection (OpenSSH's default is 10)."""
+    fleet = _LimitedFleet(tmp_path_factory.mktemp("sshd-limited"), count=1, first=40)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def _concurrently(n: int, call: Any) -> list[HostResult]:
+    results: list[HostResult] = []
+    threads = [threading.Thread(target=lambda: results.append(call())) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_more_commands_than_max_sessions(limited_fleet: SSHFleet, pool: ConnectionPool) -> None:
+    host = make_host(limited_fleet, limited_fleet.hosts[0])
+    options = make_options(limited_fleet.known_hosts, command_timeout=10)
+    results = _concurrently(6, lambda: run_command(host, "sleep 0.5; echo ok", options, pool))
+    assert [r.status for r in results] == [Status.OK] * 6, [r.error for r in results]
+    assert len(pool) >= 3
+
+
+def test_timeout_kill_beyond_max_sessions(limited_fleet: SSHFleet, pool: ConnectionPool) -> None:
+    host = make_host(limited_fleet, limited_fleet.hosts[0])
+    options = make_options(limited_fleet.known_hosts, command_timeout=1)
+    results = _concurrently(2, lambda: run_command(host, "sleep 30", options, pool))
+    assert [r.status for r in results] == [Status.TIMEOUT] * 2
+    assert [r.remote_kill_confirmed for r in results] == [True, True], [r.error for r in results]

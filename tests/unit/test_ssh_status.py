@@ -519,3 +519,39 @@ def test_wildcard_and_negated_patterns(env: dict[str, Any]) -> None:
     other = Host.from_dict({**env["host"].to_dict(), "address": "10.0.0.2"})
     r = run_command(other, "true", env["options"], make_pool())
     assert r.status is Status.HOSTKEY_REJECTED and "unknown host key" in (r.error or "")
+
+
+def test_pool_bound_holds_when_every_transport_is_busy(env: dict[str, Any]) -> None:
+    pool = make_pool()
+    pool.max_size = 1
+    options = ExecOptions.from_dict({**env["options"].to_dict(), "accept_new_host_keys": True})
+    from fleet.ssh.sshconfig import resolve_target
+
+    busy = pool.acquire(resolve_target(env["host"], None), options)
+    other = Host.from_dict({**env["host"].to_dict(), "port": 2299})
+    assert run_command(other, "true", options, pool).ok  # connects although full...
+    assert len(pool) == 1 and busy.transport.is_active()  # ...and is closed after use
+    pool.release(busy)
+    assert not pool._pending and not pool._keyed.get(("nothing",))
+    pool.close()
+
+
+def test_connect_failure_shared_and_remembered_briefly(env: dict[str, Any]) -> None:
+    calls = []
+
+    def refuse(address: str, port: int, timeout: float) -> Any:
+        calls.append(port)
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    now = [0.0]
+    pool = ConnectionPool(
+        Connector(socket_factory=refuse, transport_factory=FakeTransport, agent=lambda: ())
+    )
+    pool._clock = lambda: now[0]
+    assert run_command(env["host"], "true", env["options"], pool).status is Status.UNREACHABLE
+    assert run_command(env["host"], "true", env["options"], pool).status is Status.UNREACHABLE
+    assert calls == [2222]  # the second got the remembered failure
+    now[0] = 1.0  # past connect_timeout (0.3 s): tried afresh
+    assert run_command(env["host"], "true", env["options"], pool).status is Status.UNREACHABLE
+    assert calls == [2222, 2222]
+    pool.close()
