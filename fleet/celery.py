@@ -53,7 +53,10 @@ def _warm_up(**_: Any) -> None:
     # Open the store and load the SSH layer before the first task, not inside it: a cold
     # worker's first tasks otherwise all pay for imports and connections at once.
     worker_store()
-    import fleet.ssh  # noqa: F401
+    from fleet.ssh import configure_default_pool
+
+    settings = Settings.load()
+    configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]

@@ -68,11 +68,6 @@ class Host:
     def is_local(self) -> bool:
         return self.connection == "local"
 
-    @property
-    def pool_key(self) -> tuple[str, int, str | None, str | None]:
-        """Hosts that share this key can share one SSH transport."""
-        return (self.address, self.port, self.user, self.jump)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
