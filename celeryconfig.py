@@ -23,7 +23,12 @@ task_create_missing_queues = True
 
 # The Redis broker redelivers an unacked (reserved, unstarted) message after this;
 # it must outlast the longest command (a run's deadline is capped below it).
-broker_transport_options = {"visibility_timeout": 12 * 3600}
+broker_transport_options = {
+    "visibility_timeout": 12 * 3600,
+    # A hung (not down) Redis must fail a call, not block it forever.
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 3.0,
+}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 3.0

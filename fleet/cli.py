@@ -225,20 +225,68 @@ def cmd_run(args: argparse.Namespace) -> int:
         env=_parse_env(args.env),
     )
     request = RunRequest(args.command, args.group, hosts, options, settings.deadline)
+    if args.html:
+        _check_writable(args.html)
+    from fleet.console import ProgressDisplay
+    from fleet.runs import new_run_id
     from fleet.session import RunSession
 
+    run_id = new_run_id()
     with RunSession(settings) as session:
-        run = session.submit(request)
-        from fleet.console import ProgressDisplay
-
+        try:
+            session.submit(request, run_id=run_id)
+        except KeyboardInterrupt:
+            print(
+                f"fleet: interrupted while publishing run {run_id}: the run is cancelled and "
+                f"no further host will start; see what ran with: fleet report {run_id}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        queues = sorted({h.queue or "fleet" for h in hosts})
         try:
             with ProgressDisplay(
                 args.command, len(hosts), enabled=None if not args.json else False
             ) as bar:
-                report = session.follow(run.run_id, on_progress=bar.update)
+                watch = _NoWorkerWatch(bar, queues, embedded=session.is_embedded)
+                report = session.follow(run_id, on_progress=watch)
         except KeyboardInterrupt:
-            return _detach(session, run.run_id)
+            return _detach(session, run_id)
     return _emit_report(report, args)
+
+
+class _NoWorkerWatch:
+    """Passes progress to the bar, and says so once when no host has started for a while:
+    a run whose queue no worker consumes would otherwise wait silently for its deadline."""
+
+    AFTER_S = 10.0
+
+    def __init__(self, bar: Any, queues: Sequence[str], *, embedded: bool) -> None:
+        self._bar = bar
+        self._queues = queues
+        self._warned = embedded
+
+    def __call__(self, progress: Any) -> None:
+        self._bar.update(progress)
+        if self._warned or progress.started or progress.done:
+            self._warned = self._warned or bool(progress.started or progress.done)
+            return
+        if progress.elapsed_s >= self.AFTER_S:
+            self._warned = True
+            self._bar.note(
+                f"fleet: no host has started after {progress.elapsed_s:.0f} s: is a worker "
+                f"consuming queue {', '.join(self._queues)}? (the run waits until its deadline)"
+            )
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an unwritable report path before anything runs, not after."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--html {path}: is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"--html {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--html {path}: not writable")
 
 
 def _detach(session: Any, run_id: str) -> int:
@@ -271,9 +319,6 @@ def _parse_env(items: Sequence[str]) -> dict[str, str]:
 def _emit_report(report: Any, args: argparse.Namespace) -> int:
     from fleet import report as render
 
-    if getattr(args, "html", None):
-        render.write_atomically(args.html, render.render_html(report))
-        print(f"fleet: HTML report written to {args.html}", file=sys.stderr)
     if args.json:
         sys.stdout.write(render.render_json(report))
     else:
@@ -285,6 +330,10 @@ def _emit_report(report: Any, args: argparse.Namespace) -> int:
                 report, color=wants_color(sys.stdout), width=width, verbose=args.verbose
             )
         )
+    sys.stdout.flush()
+    if getattr(args, "html", None):
+        render.write_atomically(args.html, render.render_html(report))
+        print(f"fleet: HTML report written to {args.html}", file=sys.stderr)
     return int(render.exit_code(report))
 
 
@@ -301,8 +350,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from fleet.stores import open_store
 
     store = open_store(_settings(args))
-    runs = store.list_runs(limit=args.limit, host=args.host)
-    counts = {r.run_id: report_for(store, r.run_id).counts() for r in runs}
+    # Reading a run's report also finishes it when its deadline has passed, so the
+    # state shown agrees with the counts.
+    reports = [
+        report_for(store, r.run_id) for r in store.list_runs(limit=args.limit, host=args.host)
+    ]
+    runs = [r.run for r in reports]
+    counts = {r.run.run_id: r.counts() for r in reports}
     if args.json:
         sys.stdout.write(render.runs_json(runs, counts))
     else:

@@ -61,6 +61,13 @@ class ProgressDisplay:
             elapsed=f"{progress.elapsed_s:.1f}s",
         )
 
+    def note(self, message: str) -> None:
+        """A line for the operator on stderr, above the bar when there is one."""
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, file=sys.stderr)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

@@ -21,7 +21,9 @@ from fleet.store_api import RunStore
 
 ExecuteFn = Callable[[Host, str, ExecOptions], HostResult]
 
-LOST_MESSAGE = "no result by the run deadline (the worker may have died or the message was lost)"
+LOST_MESSAGE = "started, but no result by the run deadline (still running, or its worker died)"
+#: The claim the finalizer takes on hosts no worker started, so none ever will.
+FINALIZER = "fleet-finalizer"
 CANCELLED_MESSAGE = "run cancelled before this host started"
 EXPIRED_MESSAGE = "run already finished when this host's task arrived"
 #: How long a finished command's result is retried into an unreachable store (a restart).
@@ -51,12 +53,13 @@ def run_host_job(
     running the command again); if the store stays down the host ends `lost` at the
     run's deadline. Raises `BackendError` only before the command ran.
     """
-    if not store.is_live(run_id):
-        return _refuse_dead_run(store, run_id, host, worker)
+    # Claim first, then look at the run: whoever holds the claim alone decides the
+    # host's fate, so a cancel or the deadline can never label a host that ran.
     if not store.claim_host(run_id, host.name, worker):
-        # Another delivery of this message owns the host; its result (or the
-        # deadline's `lost`) is the one that counts, so nothing is stored here.
-        store.add_event(run_id, {"type": "duplicate", "host": host.name, "worker": worker})
+        # Another delivery of this message, or the run's finalizer, owns the host; its
+        # result (or the deadline's `lost`) is the one that counts: nothing stored here.
+        with contextlib.suppress(BackendError):
+            store.add_event(run_id, {"type": "duplicate", "host": host.name, "worker": worker})
         return HostResult(
             host=host.name,
             status=Status.INTERRUPTED,
@@ -65,6 +68,8 @@ def run_host_job(
             worker=worker,
             finished_at=utc_now(),
         )
+    if not store.is_live(run_id):
+        return _refuse_dead_run(store, run_id, host, worker)
     # A progress event is worth less than the run: the host is claimed, so go on.
     with contextlib.suppress(BackendError):
         store.add_event(run_id, {"type": "started", "host": host.name, "worker": worker})
@@ -79,7 +84,15 @@ def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s:
     delay = SAVE_RETRY_FIRST_DELAY_S
     while True:
         try:
-            store.save_result(run_id, result)
+            if not store.save_result(run_id, result):
+                # The run was finished at its deadline while this host ran: its status
+                # there says so; the late outcome goes to the worker's log, not nowhere.
+                log.warning(
+                    "late result of %s in run %s (%s) not recorded: the run had ended",
+                    result.host,
+                    run_id,
+                    result.status.value,
+                )
             return
         except BackendError as exc:
             if time.monotonic() + delay > give_up:
@@ -117,15 +130,22 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
     run = store.get_run(run_id)
     results = store.results(run_id)
     missing = [name for name in run.hosts if name not in results]
-    addresses = {h.name: h.address for h in store.run_hosts(run_id)} if missing else {}
-    if missing and run.state == "cancelled":
-        claimed = store.claimed_hosts(run_id, missing)
+    if missing and (run.state == "cancelled" or now >= run.deadline):
+        hosts = {h.name: h for h in store.run_hosts(run_id)}
+        cancelled = run.state == "cancelled"
         for name in missing:
-            if name not in claimed:
-                store.save_result(run_id, _not_run(name, addresses, Status.CANCELLED))
-    if missing and now >= run.deadline:
-        for name in missing:
-            store.save_result(run_id, _not_run(name, addresses, Status.LOST))
+            host = hosts.get(name)
+            address = host.address if host else ""
+            if store.claim_host(run_id, name, FINALIZER):
+                # Claimed here, so no worker will ever start it.
+                status = Status.CANCELLED if cancelled else Status.LOST
+                message = CANCELLED_MESSAGE if cancelled else _never_started(host)
+                store.save_result(run_id, HostResult.not_run(name, status, message, address))
+            elif now >= run.deadline:
+                store.save_result(
+                    run_id, HostResult.not_run(name, Status.LOST, LOST_MESSAGE, address)
+                )
+            # Before the deadline, a cancelled run's host that a worker claimed runs to its end.
     if missing:
         results = store.results(run_id)
         if any(name not in results for name in run.hosts):
@@ -139,9 +159,12 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
     return report
 
 
-def _not_run(name: str, addresses: dict[str, str], status: Status) -> HostResult:
-    message = LOST_MESSAGE if status is Status.LOST else CANCELLED_MESSAGE
-    return HostResult.not_run(name, status, message, address=addresses.get(name, ""))
+def _never_started(host: Host | None) -> str:
+    queue = (host.queue if host else None) or "fleet"
+    return (
+        "never started by the run deadline: no worker took its task "
+        f"(is a worker consuming queue '{queue}'?)"
+    )
 
 
 def cancel_run(store: RunStore, run_id: str) -> bool:

@@ -8,6 +8,7 @@ deadline it finishes the run itself, so a lost chord never leaves the caller wai
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import math
 import os
@@ -18,16 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.errors import BackendError, UsageError
+from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.execute import ExecOptions
 from fleet.hosts import DEFAULT_QUEUE, Host
-from fleet.jobs import finalize_run
+from fleet.jobs import cancel_run, finalize_run
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url
 from fleet.store_api import RunStore
 
 #: The broker redelivers unacked messages after 12 h (celeryconfig): no run may outlast that.
 MAX_DEADLINE_S = 11 * 3600
+#: How often a follower checks that the run record still exists (a flushed store).
+PRESENCE_CHECK_S = 2.0
 #: Slots assumed when sizing a default deadline for many hosts.
 ASSUMED_SLOTS = 64
 #: A follower rides out a store outage this long past the run's deadline, then gives up.
@@ -62,8 +65,28 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def run_deadline_s(request: RunRequest) -> float:
+    """Seconds the run may take. Raises `UsageError` for a deadline no host could meet."""
+    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
+    if deadline_s > MAX_DEADLINE_S:
+        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
+    budget = host_budget(request.options)
+    if deadline_s < budget:
+        raise UsageError(
+            f"--deadline {deadline_s:g}s is shorter than one host's own limits "
+            f"(connect + auth + command timeouts = {budget:g}s): "
+            "lower --timeout or raise --deadline"
+        )
+    return deadline_s
+
+
+def host_budget(options: ExecOptions) -> float:
+    """The longest one host can take once started: every phase is bounded by these."""
+    return options.connect_timeout + options.auth_timeout + options.command_timeout
+
+
 def default_deadline(options: ExecOptions, host_count: int) -> float:
-    per_host = options.connect_timeout + options.auth_timeout + options.command_timeout
+    per_host = host_budget(options)
     waves = max(1, math.ceil(host_count / ASSUMED_SLOTS))
     return per_host * waves + 60.0
 
@@ -90,9 +113,7 @@ def submit_run(
 
     if not request.hosts:
         raise UsageError("no hosts to run on")
-    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
-    if deadline_s > MAX_DEADLINE_S:
-        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
+    deadline_s = run_deadline_s(request)
     embedded = settings.is_embedded
     if not embedded:
         check_broker(app, settings)
@@ -111,9 +132,13 @@ def submit_run(
     try:
         build_canvas(run, request, embedded=embedded, app=app).apply_async()
         _release_subscriptions(app)
-    except Exception as exc:
-        # Whatever was published before the failure must not run: a cancelled run refuses.
-        store.set_state(run.run_id, "cancelled")
+    except BaseException as exc:
+        # Whatever was published before the failure (or Ctrl-C) must not run: the cancel
+        # claims every host not yet started, so a message arriving later is refused.
+        with contextlib.suppress(FleetError):
+            cancel_run(store, run.run_id)
+        if not isinstance(exc, Exception):
+            raise
         raise BackendError(
             f"broker at {redact_url(settings.broker_url or '')} failed while publishing "
             f"run {run.run_id}: {exc}; the run was cancelled"
@@ -212,6 +237,7 @@ def follow_run(
     started_hosts = 0
     last_event = "0"
     delay = OUTAGE_FIRST_DELAY_S
+    next_presence_check = time.monotonic() + PRESENCE_CHECK_S
     while True:
         try:
             report = store.load_report(run_id)
@@ -223,7 +249,17 @@ def follow_run(
                     return report
             if timeout is not None and time.monotonic() - started >= timeout:
                 return None
+            if time.monotonic() >= next_presence_check:
+                store.get_run(run_id)  # raises if the store lost the run under us
+                next_presence_check = time.monotonic() + PRESENCE_CHECK_S
             events = store.events(run_id, after=last_event, block_ms=poll_ms)
+        except RunNotFoundError as exc:
+            # It existed when we started: the store lost it (flushed, or restarted
+            # without persistence). That is the infrastructure's failure, not the user's.
+            raise BackendError(
+                f"run {run_id} vanished from the run store while running "
+                "(was it flushed, or restarted without persistence?)"
+            ) from exc
         except BackendError:
             # The workers' results wait in their own retries; giving up before the
             # deadline would turn a restart into a crashed CLI and a run nobody follows.

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from fleet.jobs import cancel_run
 from fleet.results import RunRecord, RunReport
-from fleet.runs import Progress, RunRequest, follow_run, submit_run
+from fleet.runs import Progress, RunRequest, follow_run, run_deadline_s, submit_run
 from fleet.settings import Settings
 from fleet.store_api import RunStore
 from fleet.stores import open_store
@@ -41,9 +41,10 @@ class RunSession:
             self._stack.enter_context(embedded_worker(self.settings))
             self._worker_started = True
 
-    def submit(self, request: RunRequest) -> RunRecord:
+    def submit(self, request: RunRequest, run_id: str | None = None) -> RunRecord:
+        run_deadline_s(request)  # refuse a bad request before starting anything
         self._ensure_worker()
-        return submit_run(self.store, request, settings=self.settings)
+        return submit_run(self.store, request, settings=self.settings, run_id=run_id)
 
     def follow(
         self,

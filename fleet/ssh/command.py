@@ -9,6 +9,7 @@ channel without a pty leaves the remote command running.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import shlex
@@ -31,6 +32,10 @@ _CHUNK = 65536
 # hold the streams open forever (ssh itself would hang there).
 _EOF_GRACE = EOF_GRACE
 _KILL_TIMEOUT = 5.0
+# bounded_request: how often an expired request is woken, and how long its close
+# may take once the request has returned.
+_WAKE_INTERVAL = 0.05
+_CLOSE_GRACE = 2.0
 
 ChannelOpener = Callable[[float], Any]
 
@@ -87,33 +92,46 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
     Raises `StartTimeout` then, or what the request raised."""
     lock = threading.Lock()
     state = {"done": False, "expired": False}
+    returned = threading.Event()
 
     def expire() -> None:
         with lock:
             if state["done"]:
                 return
             state["expired"] = True
-        channel.close()
+        # The close fails when the transport died or the caller, already woken, is
+        # closing it: there is no one to tell, and a timer thread must not raise.
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            channel.close()
+        # paramiko arms the reply event after its "channel open?" check: a close
+        # landing between the two is a lost wake-up (the request would wait for a
+        # reply that never comes). Keep waking it until the request has returned.
+        wake = getattr(channel, "event", None)
+        while wake is not None and not returned.wait(_WAKE_INTERVAL):
+            wake.set()
 
     timer = threading.Timer(max(timeout, 0.0), expire)
     timer.daemon = True
     timer.start()
+    failure: Exception | None = None
     try:
         request()
-    except Exception:
+    except Exception as exc:
+        failure = exc
+    finally:
         with lock:
             state["done"] = True
             expired = state["expired"]
-        if expired:
-            raise StartTimeout from None
-        raise
-    finally:
+        returned.set()
         timer.cancel()
-    with lock:
-        state["done"] = True
-        expired = state["expired"]
-    if expired:  # the reply came as the timer closed the channel: it is gone anyway
-        raise StartTimeout
+    if expired:
+        # The close may still be on its way out: let it go before the caller
+        # closes or retires the transport (bounded: a stuck socket must not hold us).
+        timer.join(_CLOSE_GRACE)
+        # (A reply that came as the timer closed the channel is lost with it.)
+        raise StartTimeout from None
+    if failure is not None:
+        raise failure
 
 
 def start_command(transport: Any, invocation: Invocation, timeout: float) -> Any:

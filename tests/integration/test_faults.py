@@ -95,7 +95,7 @@ def test_redis_restarted_mid_run(
     names = {h.name for h in ssh_fleet.hosts}
     start_worker(name="survivor", concurrency=8, env=env)
     command = ledger.command("sleep 3; echo done")
-    proc = cli.popen(["run", command, "-g", "web", "--deadline", "30", "--json"])
+    proc = cli.popen(["run", command, "-g", "web", "--deadline", "30", "--timeout", "20", "--json"])
     wait_until(lambda: set(ledger.hosts()) == names, timeout=30)
     # Every command is running now: take Redis away under the workers and the CLI, for
     # longer than the store client's own reconnect retries (about 2.5 s), so the CLI's
@@ -137,7 +137,19 @@ def test_worker_dies_holding_a_prefetched_unstarted_task(
     cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inventory.yaml", hosts=hosts), env)
     broker = redis.Redis.from_url(fresh_redis.url)
     worker_a = start_worker(name="a", concurrency=1, env=env)
-    proc = cli.popen(["run", ledger.command("sleep 4"), "-g", "web", "--deadline", "12", "--json"])
+    proc = cli.popen(
+        [
+            "run",
+            ledger.command("sleep 4"),
+            "-g",
+            "web",
+            "--deadline",
+            "12",
+            "--timeout",
+            "6",
+            "--json",
+        ]
+    )
     wait_until(lambda: len(ledger.hosts()) == 1, timeout=30)
     # One message running, one reserved by A, one still in the queue.
     wait_until(lambda: broker.llen("fleet") == 1, timeout=10)

@@ -93,7 +93,7 @@ def test_task_messages_are_json_expiring_one_per_host_and_hold_no_secret(
     client = redis.Redis.from_url(fresh_redis.url)
     # No worker yet: the messages wait in the queue where we can read them.
     command = ledger.command("echo $APP_MODE")
-    proc = cli.popen(["run", command, "-g", "web", "--deadline", "30", "--json"])
+    proc = cli.popen(["run", command, "-g", "web", "--deadline", "30", "--timeout", "20", "--json"])
     wait_until(lambda: client.llen("fleet") == len(names), timeout=30)
     submitted = time.time()
     raw = client.lrange("fleet", 0, -1)

@@ -153,7 +153,9 @@ def test_worker_killed_mid_command_leaves_host_lost_and_run_finishes(
     victim = hosts[0].name
     worker = start_worker(name="doomed", concurrency=4, env=cli.env)
     command = ledger.command(f'if [ "$FLEET_HOST" = {victim} ]; then sleep 60; fi; echo done')
-    proc = cli.popen(["run", command, "--group", "web", "--deadline", "12", "--json"])
+    proc = cli.popen(
+        ["run", command, "--group", "web", "--deadline", "12", "--timeout", "8", "--json"]
+    )
     wait_until(lambda: len(ledger.hosts()) == 3, timeout=30)
     wait_until(lambda: all(ledger.lines(h.name) for h in hosts), timeout=10)
     time.sleep(1.0)  # the quick hosts' results reach the store

@@ -143,3 +143,27 @@ def test_common_options_work_before_and_after_the_subcommand(
     assert "localhost" in capsys.readouterr().out
     assert main(["-i", str(tmp_path / "nope.yaml"), "hosts", "local"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_deadline_shorter_than_one_hosts_limits_is_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    marker = tmp_path / "ran"
+    argv = ["run", f"touch {marker}", "--group", "local", "-i", str(inv), "--deadline", "5"]
+    assert main(argv) == 2
+    assert "--deadline" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_unwritable_html_path_is_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    marker = tmp_path / "ran"
+    html = tmp_path / "missing" / "r.html"
+    argv = ["run", f"touch {marker}", "--group", "local", "-i", str(inv), "--html", str(html)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--html" in err and "does not exist" in err
+    assert not marker.exists()

@@ -86,10 +86,42 @@ def test_cancelled_run_refuses_without_executing(store: SqliteRunStore) -> None:
     new_run(store)
     assert cancel_run(store, "r1")
     execute = ScriptedExecute()
+    # The cancel claimed every unstarted host: a message arriving later finds the claim
+    # taken (its own return value says so) and the recorded status stays `cancelled`.
     result = job(store, HOSTS[1], execute)
-    assert result.status is Status.CANCELLED
+    assert result.status is Status.INTERRUPTED
     assert execute.calls == []
     assert store.results("r1")["web02"].status is Status.CANCELLED
+
+
+def test_a_claimed_host_of_a_cancelled_run_is_lost_only_at_the_deadline(
+    store: SqliteRunStore,
+) -> None:
+    run = new_run(store)
+    assert store.claim_host("r1", "web02", "w9@node")  # a worker took it, then died
+    assert cancel_run(store, "r1")
+    assert finalize_run(store, "r1") is None  # web02 is its claimer's to settle, for now
+    report = finalize_run(store, "r1", now=run.deadline + 1)
+    assert report is not None
+    by_host = {r.host: r for r in report.results}
+    assert by_host["web01"].status is Status.CANCELLED
+    assert by_host["web02"].status is Status.LOST
+    assert "started" in (by_host["web02"].error or "")
+
+
+def test_a_host_running_when_cancelled_keeps_its_real_result(store: SqliteRunStore) -> None:
+    new_run(store)
+
+    def cancel_while_running(host: Host, command: str, options: ExecOptions) -> HostResult:
+        assert cancel_run(store, "r1")
+        return HostResult(host=host.name, status=Status.OK, exit_code=0)
+
+    result = job(store, HOSTS[0], cancel_while_running)
+    assert result.status is Status.OK
+    assert store.results("r1")["web01"].status is Status.OK
+    report = finalize_run(store, "r1")
+    assert report is not None and report.run.state == "cancelled"
+    assert {r.host: r.status for r in report.results}["web01"] is Status.OK
 
 
 def test_run_past_its_deadline_refuses_as_lost(store: SqliteRunStore) -> None:

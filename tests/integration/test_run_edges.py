@@ -1,0 +1,99 @@
+"""Edges of a run's life: a cancel racing a running host, a store wiped mid-run,
+a queue no worker consumes. Real redis-server, sshd hosts and celery workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.harness.ledger import Ledger
+from tests.harness.redis_server import RedisServer
+from tests.harness.sshd import SSHFleet
+from tests.integration.fleetcli import FleetCLI, statuses, wait_until
+from tests.integration.test_runs import cli, cluster_env  # noqa: F401  (fixtures)
+
+
+def test_cancel_and_a_replayed_message_never_relabel_a_host_that_ran(
+    cli: FleetCLI,  # noqa: F811
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    ledger: Ledger,
+    fresh_redis: RedisServer,
+) -> None:
+    start_worker(concurrency=8, env=cli.env)
+    proc = cli.popen(["run", ledger.command("sleep 3; echo done"), "--group", "web", "--json"])
+    wait_until(lambda: len(ledger.hosts()) == len(ssh_fleet.hosts), timeout=30)
+    run_id = cli.run_json(["runs", "--limit", "1"])[1][0]["run_id"]
+    assert cli.run(["cancel", run_id]).returncode == 0
+    # A second delivery of a running host's message arrives after the cancel.
+    from fleet.runs import task_host
+    from fleet.settings import Settings
+    from fleet.stores import open_store
+
+    settings = Settings.load(broker_url=fresh_redis.url)
+    store = open_store(settings)
+    record = store.get_run(run_id)
+    host = store.run_hosts(run_id)[0]
+    from fleet.celery import app_for
+
+    app_for(settings).send_task(
+        "fleet.run_on_host",
+        args=[run_id, task_host(host), record.command, dict(record.options)],
+        queue="fleet",
+    )
+    out, _err = proc.communicate(timeout=60)
+    doc = json.loads(out)
+    assert doc["state"] == "cancelled"
+    assert set(statuses(doc).values()) == {"ok"}, statuses(doc)
+    assert all(r["stdout"] == "done\n" for r in doc["results"])
+    time.sleep(1)
+    for h in ssh_fleet.hosts:
+        assert ledger.lines(h.name) == [run_id]
+
+
+def test_store_wiped_mid_run_is_an_infrastructure_error(
+    cli: FleetCLI,  # noqa: F811
+    start_worker: Any,
+    ledger: Ledger,
+    fresh_redis: RedisServer,
+) -> None:
+    start_worker(concurrency=8, env=cli.env)
+    proc = cli.popen(["run", ledger.command("sleep 4"), "--group", "web"])
+    wait_until(lambda: len(ledger.hosts()) >= 1, timeout=30)
+    redis.Redis.from_url(fresh_redis.url).flushall()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "vanished" in err and "Traceback" not in err
+    # The workers' late results do not recreate keys for the vanished run.
+    time.sleep(5)
+    client = redis.Redis.from_url(fresh_redis.url)
+    leftovers = [k for k in client.scan_iter("fleet:*") if b":results" in k or b":events" in k]
+    assert leftovers == []
+
+
+def test_a_queue_no_worker_consumes_is_named_and_ends_lost(
+    cli: FleetCLI,  # noqa: F811
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    tmp_path: Path,
+) -> None:
+    start_worker(queues=("fleet",), concurrency=4, env=cli.env)
+    cli.inventory = ssh_fleet.write_inventory(
+        tmp_path / "inv.yaml", ssh_fleet.hosts[:2], extra_vars={"queue": "nowhere"}
+    )
+    started = time.monotonic()
+    proc = cli.run(["run", "true", "--group", "web", "--timeout", "5", "--deadline", "14"])
+    assert 13 <= time.monotonic() - started < 40
+    assert proc.returncode == 1
+    assert "no host has started" in proc.stderr and "nowhere" in proc.stderr
+    _, doc = cli.run_json(["report", _last_run(cli)])
+    assert set(statuses(doc).values()) == {"lost"}
+    assert all("queue 'nowhere'" in r["error"] for r in doc["results"])
+
+
+def _last_run(fleet_cli: FleetCLI) -> str:
+    return str(fleet_cli.run_json(["runs", "--limit", "1"])[1][0]["run_id"])
