@@ -52,11 +52,15 @@ app = create_app()
 def _warm_up(**_: Any) -> None:
     # Open the store and load the SSH layer before the first task, not inside it: a cold
     # worker's first tasks otherwise all pay for imports and connections at once.
-    worker_store()
+    store = worker_store()
     from fleet.ssh import configure_default_pool
 
     settings = Settings.load()
     configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
+    if not settings.is_embedded:  # an embedded run is followed by its own process
+        from fleet.watchdog import Watchdog
+
+        Watchdog(store, settings.watchdog_interval).start()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]

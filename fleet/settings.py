@@ -41,6 +41,7 @@ class Settings:
     pool_size: int = 256  # live SSH transports kept per worker process
     pool_idle_ttl: float = 300.0
     retention: int = 7 * DAY  # run history, progress events, claims
+    watchdog_interval: float = 10.0  # how often each worker finishes overdue runs
     prefix: str = "fleet"  # every Redis key starts with this
     debug: bool = False
 

@@ -97,3 +97,37 @@ def test_a_queue_no_worker_consumes_is_named_and_ends_lost(
 
 def _last_run(fleet_cli: FleetCLI) -> str:
     return str(fleet_cli.run_json(["runs", "--limit", "1"])[1][0]["run_id"])
+
+
+def test_watchdog_finishes_an_unfollowed_run_at_its_deadline(
+    cli: FleetCLI,  # noqa: F811
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    ledger: Ledger,
+    fresh_redis: RedisServer,
+) -> None:
+    import signal
+
+    env = {**cli.env, "FLEET_WATCHDOG_INTERVAL": "1"}
+    doomed = start_worker(name="doomed", concurrency=8, env=env)
+    start_worker(name="bystander", queues=("elsewhere",), concurrency=1, env=env)
+    victim = ssh_fleet.hosts[0].name
+    command = ledger.command(f'if [ "$FLEET_HOST" = {victim} ]; then sleep 60; fi; echo ok')
+    proc = cli.popen(["run", command, "--group", "web", "--deadline", "10", "--timeout", "6"])
+    wait_until(lambda: len(ledger.hosts()) == len(ssh_fleet.hosts), timeout=30)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    run_id = err.split("fleet report ")[1].split()[0]
+    doomed.kill(signal.SIGKILL)
+
+    from fleet.store import RedisRunStore
+
+    store = RedisRunStore.from_url(fresh_redis.url)
+    # Nobody follows or reads the run: only the bystander's watchdog can finish it.
+    wait_until(lambda: store.get_run(run_id).state == "finished", timeout=40, interval=0.5)
+    results = store.results(run_id)
+    assert results[victim].status.value == "lost"
+    assert {results[h.name].status.value for h in ssh_fleet.hosts[1:]} == {"ok"}
+    assert ledger.lines(victim) == [run_id]

@@ -1,0 +1,54 @@
+"""The watchdog finishes overdue runs that nobody follows (real SQLite store)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fleet.hosts import Host
+from fleet.results import HostResult, RunRecord, Status, utc_now
+from fleet.sqlite_store import SqliteRunStore
+from fleet.watchdog import Watchdog, finalize_overdue
+
+HOSTS = (Host("web01", "10.0.0.1"), Host("web02", "10.0.0.2"))
+
+
+def make_run(store: SqliteRunStore, run_id: str, deadline_in: float) -> RunRecord:
+    run = RunRecord(
+        run_id=run_id,
+        command="uptime",
+        pattern="web",
+        hosts=tuple(h.name for h in HOSTS),
+        created_at=utc_now(),
+        deadline=time.time() + deadline_in,
+    )
+    store.create_run(run, HOSTS)
+    return run
+
+
+def test_only_overdue_runs_are_finished(tmp_path: Path) -> None:
+    store = SqliteRunStore(tmp_path / "h.sqlite3")
+    make_run(store, "overdue", -1)
+    make_run(store, "current", 600)
+    assert store.claim_host("overdue", "web01", "w1@node")
+    store.save_result("overdue", HostResult(host="web01", status=Status.OK, exit_code=0))
+    assert finalize_overdue(store) == ["overdue"]
+    statuses = {r.host: r.status for r in store.load_report("overdue").results}  # type: ignore[union-attr]
+    assert statuses == {"web01": Status.OK, "web02": Status.LOST}
+    assert store.get_run("overdue").state == "finished"
+    assert store.get_run("current").state == "running"
+    assert finalize_overdue(store) == []  # idempotent
+
+
+def test_watchdog_thread_sweeps_on_its_own(tmp_path: Path) -> None:
+    store = SqliteRunStore(tmp_path / "h.sqlite3")
+    make_run(store, "soon", 0.3)
+    dog = Watchdog(store, interval_s=0.1)
+    dog.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.get_run("soon").state != "finished" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        dog.stop()
+    assert store.get_run("soon").state == "finished"
