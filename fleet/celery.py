@@ -7,6 +7,7 @@ Celery's in-memory transport and an in-process worker thread, same tasks, same c
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -94,6 +95,12 @@ def app_for(settings: Settings) -> Celery:
 
 _store_lock = threading.Lock()
 _store: tuple[int, RunStore] | None = None
+
+
+@functools.cache
+def worker_settings() -> Settings:
+    """This worker's own settings (its environment), resolved once."""
+    return Settings.load()
 
 
 def worker_store() -> RunStore:

@@ -29,6 +29,8 @@ from fleet.store_api import RunStore
 
 #: The broker redelivers unacked messages after 12 h (celeryconfig): no run may outlast that.
 MAX_DEADLINE_S = 11 * 3600
+#: ExecOptions naming files on the submitter's machine; each worker uses its own.
+MACHINE_LOCAL_OPTIONS = ("known_hosts", "user_known_hosts", "ssh_config")
 #: How often a follower checks that the run record still exists (a flushed store).
 PRESENCE_CHECK_S = 2.0
 #: Slots assumed when sizing a default deadline for many hosts.
@@ -160,6 +162,10 @@ def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: An
         from fleet.celery import app
     expires = datetime.fromtimestamp(run.deadline, UTC)
     options = request.options.to_dict()
+    if not embedded:
+        # Paths on the submitter's machine mean nothing on a worker's (tasks.py).
+        for local_file in MACHINE_LOCAL_OPTIONS:
+            options.pop(local_file, None)
     members = [
         app.signature(
             RUN_ON_HOST,

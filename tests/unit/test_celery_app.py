@@ -32,3 +32,20 @@ def test_celery_configuration_is_json_only_at_most_once_and_observable() -> None
     assert celeryconfig.worker_send_task_events is True
     assert celeryconfig.broker_transport_options["visibility_timeout"] >= 11 * 3600
     assert celeryconfig.result_expires == Settings().retention
+
+
+def test_task_messages_carry_no_paths_of_the_submitters_machine() -> None:
+    import time
+
+    from fleet.execute import ExecOptions
+    from fleet.hosts import Host
+    from fleet.results import RunRecord, utc_now
+    from fleet.runs import RunRequest, build_canvas
+
+    options = ExecOptions(known_hosts="/home/op/kh", ssh_config="/home/op/cfg", command_timeout=7)
+    request = RunRequest("uptime", "web", (Host("web01", "10.0.0.1"),), options)
+    run = RunRecord("r1", "uptime", "web", ("web01",), utc_now(), time.time() + 60)
+    (member,) = build_canvas(run, request, embedded=False).tasks
+    sent = member.args[3]
+    assert "known_hosts" not in sent and "ssh_config" not in sent
+    assert "user_known_hosts" not in sent and sent["command_timeout"] == 7
