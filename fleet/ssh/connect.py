@@ -10,10 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import paramiko
 
@@ -25,8 +26,21 @@ from fleet.ssh.sshconfig import Target
 
 SocketFactory = Callable[[str, int, float], Any]
 TransportFactory = Callable[[Any], Any]
-AgentKeys = Callable[[], Sequence[paramiko.PKey]]
 
+
+class AgentConnection(Protocol):
+    """An open ssh-agent connection (`paramiko.Agent`): its keys sign through it."""
+
+    def get_keys(self) -> Sequence[paramiko.PKey]: ...
+
+    def close(self) -> None: ...
+
+
+# Called once per login that gets as far as the agent. Returns an open connection
+# (closed by the Connector when authentication ends), fixed keys (tests), or None.
+AgentSource = Callable[[], AgentConnection | Sequence[paramiko.PKey] | None]
+
+_AGENT_PROBE_TIMEOUT = 1.0
 _DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _key_cache: dict[str, tuple[tuple[float, int], paramiko.PKey]] = {}
 _key_lock = threading.Lock()
@@ -39,12 +53,51 @@ def open_tcp(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def agent_keys() -> Sequence[paramiko.PKey]:
-    """Keys offered by ssh-agent (none when SSH_AUTH_SOCK is unset)."""
+class _Agent(paramiko.Agent):
+    """paramiko.Agent, closed again when its first exchange with the agent fails
+    (paramiko would leave the socket to the garbage collector)."""
+
+    def __init__(self) -> None:
+        try:
+            super().__init__()
+        except BaseException:
+            self.close()
+            raise
+
+
+def open_agent() -> AgentConnection | None:
+    """A connection to the ssh-agent at SSH_AUTH_SOCK, or None (unset, dangling,
+    not a socket, or not answering). The caller closes it.
+
+    AgentKey objects point back at their Agent (a reference cycle), so a connection
+    nobody closes lives until the cyclic GC runs: one socket per login.
+    """
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return None
+    # paramiko does not close its socket when the connect fails: a dangling
+    # SSH_AUTH_SOCK (the session that started the agent ended) or a stale socket
+    # file (the agent was killed) would leak one per login. Check first.
     try:
-        return tuple(paramiko.Agent().get_keys())
+        if not stat.S_ISSOCK(os.stat(path).st_mode) or not _answers(path):
+            return None
+    except OSError:
+        return None
+    try:
+        return _Agent()
     except (paramiko.SSHException, OSError):
-        return ()
+        return None
+
+
+def _answers(path: str) -> bool:
+    """Whether something listens on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_AGENT_PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _seconds(value: float) -> str:
@@ -77,7 +130,7 @@ class Connector:
         *,
         socket_factory: SocketFactory = open_tcp,
         transport_factory: TransportFactory = paramiko.Transport,
-        agent: AgentKeys = agent_keys,
+        agent: AgentSource = open_agent,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._socket_factory = socket_factory
@@ -184,10 +237,23 @@ class Connector:
             key = _load_key(path, notes)
             if key is not None and attempt(f"key {path}", _pk(transport, target.user, key)):
                 return
-        agent = self._agent()
-        for key in agent:
-            if attempt("an agent key", _pk(transport, target.user, key)):
-                return
+        source = self._agent()
+        connection: AgentConnection | None = None
+        offered: Sequence[paramiko.PKey] = ()
+        if isinstance(source, Sequence):
+            offered = source
+        elif source is not None:
+            connection = source
+        try:
+            if connection is not None:
+                offered = connection.get_keys()
+            for key in offered:
+                if attempt("an agent key", _pk(transport, target.user, key)):
+                    return
+        finally:
+            # No more signing: the login succeeded or every agent key was refused.
+            if connection is not None:
+                connection.close()
         if target.password_env:
             password = self._environ.get(target.password_env)
             if password is None:
