@@ -20,6 +20,10 @@ from fleet.inventory import (
 )
 from fleet.inventory_schema import show
 
+#: Bound of the "refused quickly" checks: a hang guard, not a benchmark (walking the
+#: refused files would take minutes; CI machines are slow and shared).
+HANG_GUARD_S = 5.0
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -592,7 +596,7 @@ def test_billion_laughs_is_refused_quickly() -> None:
     lines.append("defaults: {lol: *a9}")
     start = time.perf_counter()
     found = problems("\n".join(lines))
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_GUARD_S
     assert any("aliases expand to more than" in p for p in found)
 
 
@@ -607,7 +611,7 @@ def test_deep_nesting_is_refused_quickly() -> None:
     depth = 100_000
     start = time.perf_counter()
     found = one_problem("defaults: {x: " + "[" * depth + "]" * depth + "}")
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < HANG_GUARD_S
     assert f"nested deeper than {MAX_DEPTH} levels" in found
 
 
@@ -631,7 +635,8 @@ def test_giant_integer_is_a_problem_not_a_crash() -> None:
 def refused_quickly(text: str) -> str:
     start = time.perf_counter()
     found = one_problem(text)
-    assert time.perf_counter() - start < 0.5, found
+    # A hang guard, generous for a loaded CI machine: walking these files takes minutes.
+    assert time.perf_counter() - start < HANG_GUARD_S, found
     return found
 
 
@@ -733,7 +738,7 @@ def test_load_refuses_huge_file_before_parsing(tmp_path: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(InventoryError, match="larger than 16 MiB"):
         load_inventory(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_GUARD_S
 
 
 def test_load_refuses_non_utf8(tmp_path: Path) -> None:

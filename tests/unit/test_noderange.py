@@ -101,7 +101,7 @@ def test_huge_range_is_refused_without_expanding() -> None:
         expand_hosts("r[1-1000]-n[1-1000]")
     with pytest.raises(PatternError):
         expand_hosts("node[1-" + "9" * 5000 + "]")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5.0  # a hang guard: expanding would take minutes
 
 
 def test_count_range() -> None:
