@@ -30,10 +30,14 @@ class RedisServer:
     """`redis-server --port P --bind 127.0.0.1 --save '' --appendonly no --dir TMP`.
 
     `restart()` keeps the port (for "Redis restarted mid-run"); its data is lost, as
-    with a real restart of a server without persistence.
+    with a real restart of a server without persistence, unless `persistent` (AOF,
+    fsync on every write, as a production broker would run).
     """
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, port: int | None = None, *, persistent: bool = False
+    ) -> None:
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisStartError("redis-server not found on PATH")
@@ -68,7 +72,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            *(["--appendfsync", "always"] if self.persistent else []),
             "--dir", str(self.dir),
             "--daemonize", "no",
         ]  # fmt: skip

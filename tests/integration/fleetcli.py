@@ -67,6 +67,18 @@ class FleetCLI:
         return proc.returncode, doc
 
 
+def fleet_env(redis_url: str, known_hosts: Path, home: Path) -> dict[str, str]:
+    """The environment of a CLI (or worker) on the test cluster: small timeouts."""
+    return {
+        "FLEET_BROKER_URL": redis_url,
+        "FLEET_RESULT_BACKEND": redis_url,
+        "FLEET_KNOWN_HOSTS": str(known_hosts),
+        "FLEET_CONNECT_TIMEOUT": "1",
+        "FLEET_AUTH_TIMEOUT": "2",
+        "FLEET_HOME": str(home),
+    }
+
+
 def statuses(doc: Mapping[str, Any]) -> dict[str, str]:
     return {r["host"]: r["status"] for r in doc["results"]}
 

@@ -17,52 +17,17 @@ import pytest
 import redis
 import yaml
 
-from tests.harness import procs
 from tests.harness.ledger import Ledger
-from tests.harness.redis_server import RedisServer, RedisStartError, _answers_ping
+from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
 from tests.harness.stubs import HungListener
 from tests.harness.workers import StartWorker
 from tests.integration.conftest import require_binary
-from tests.integration.fleetcli import FleetCLI, statuses, wait_until
-
-
-class PersistentRedis(RedisServer):
-    """A redis-server that keeps its data across `restart()` (AOF, fsync on every write),
-    as a production broker would: the queue, chord counters and run store survive."""
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self.is_running:
-            return
-        argv = [
-            self._binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-        ]  # fmt: skip
-        self._proc = procs.spawn(argv, self.log_path)
-        deadline = time.monotonic() + timeout
-        while not _answers_ping(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                procs.stop(self._proc)
-                self._proc = None
-                raise RedisStartError(procs.log_tail(self.log_path))
-            time.sleep(0.02)
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 
 def cluster_env(url: str, fleet: SSHFleet, tmp_path: Path) -> dict[str, str]:
-    return {
-        "FLEET_BROKER_URL": url,
-        "FLEET_RESULT_BACKEND": url,
-        "FLEET_KNOWN_HOSTS": str(fleet.known_hosts),
-        "FLEET_CONNECT_TIMEOUT": "1",
-        "FLEET_AUTH_TIMEOUT": "2",
-        "FLEET_HOME": str(tmp_path / "home"),
-    }
+    return fleet_env(url, fleet.known_hosts, tmp_path / "home")
 
 
 def finish(proc: subprocess.Popen[str], hosts: set[str], timeout: float = 90) -> dict[str, Any]:
@@ -74,9 +39,9 @@ def finish(proc: subprocess.Popen[str], hosts: set[str], timeout: float = 90) ->
 
 
 @pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
     require_binary("redis-server", "redis-server")
-    server = PersistentRedis(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", persistent=True)
     try:
         yield server
     finally:
@@ -84,7 +49,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
 
 
 def test_redis_restarted_mid_run(
-    persistent_redis: PersistentRedis,
+    persistent_redis: RedisServer,
     ssh_fleet: SSHFleet,
     start_worker: StartWorker,
     ledger: Ledger,

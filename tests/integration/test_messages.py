@@ -23,20 +23,13 @@ from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
 from tests.harness.workers import StartWorker
-from tests.integration.fleetcli import FleetCLI, statuses, wait_until
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 SECRET = "hunter2"
 
 
 def cluster_env(url: str, fleet: SSHFleet, tmp_path: Path) -> dict[str, str]:
-    return {
-        "FLEET_BROKER_URL": url,
-        "FLEET_RESULT_BACKEND": url,
-        "FLEET_KNOWN_HOSTS": str(fleet.known_hosts),
-        "FLEET_CONNECT_TIMEOUT": "1",
-        "FLEET_AUTH_TIMEOUT": "2",
-        "FLEET_HOME": str(tmp_path / "home"),
-    }
+    return fleet_env(url, fleet.known_hosts, tmp_path / "home")
 
 
 def secret_inventory(path: Path, fleet: SSHFleet) -> Path:

@@ -15,7 +15,7 @@ import yaml
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
-from tests.integration.fleetcli import FleetCLI, statuses, wait_until
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 JSON_RESULT_KEYS = {
     "host", "address", "status", "exit_code", "stdout", "stderr", "stdout_truncated",
@@ -39,14 +39,7 @@ def write_inventory(path: Path, groups: dict[str, Any]) -> Path:
 
 @pytest.fixture
 def cluster_env(fresh_redis: RedisServer, ssh_fleet: SSHFleet, tmp_path: Path) -> dict[str, str]:
-    return {
-        "FLEET_BROKER_URL": fresh_redis.url,
-        "FLEET_RESULT_BACKEND": fresh_redis.url,
-        "FLEET_KNOWN_HOSTS": str(ssh_fleet.known_hosts),
-        "FLEET_CONNECT_TIMEOUT": "1",
-        "FLEET_AUTH_TIMEOUT": "2",
-        "FLEET_HOME": str(tmp_path / "home"),
-    }
+    return fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
 
 
 @pytest.fixture
