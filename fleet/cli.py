@@ -172,7 +172,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings.load(inventory=getattr(args, "inventory", None), **overrides)
 
 
-def _select(args: argparse.Namespace, pattern: str | None, settings: Settings) -> tuple[Any, ...]:
+def _select(pattern: str | None, settings: Settings) -> tuple[Any, ...]:
     from fleet.inventory import load_inventory
 
     if not pattern:
@@ -182,7 +182,7 @@ def _select(args: argparse.Namespace, pattern: str | None, settings: Settings) -
 
 def cmd_hosts(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    hosts = _select(args, args.group or args.pattern, settings)
+    hosts = _select(args.group or args.pattern, settings)
     if args.json:
         doc = [
             {k: v for k, v in h.to_dict().items() if k not in ("env", "vars")}
@@ -217,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         accept_new_host_keys=args.accept_new_host_keys,
         debug=args.debug or None,
     )
-    hosts = _select(args, args.group, settings)
+    hosts = _select(args.group, settings)
     options = ExecOptions.from_settings(
         settings,
         become=True if args.sudo else None,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from fleet.errors import BackendError
+from fleet.errors import BackendError, RunNotFoundError
 from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, RunReport, Status, utc_now
@@ -107,7 +107,7 @@ def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s:
 def _refuse_dead_run(store: RunStore, run_id: str, host: Host, worker: str) -> HostResult:
     try:
         state = store.get_run(run_id).state
-    except Exception:  # expired or unknown run: nothing to record it in
+    except RunNotFoundError:  # expired or unknown run: nothing to record it in
         state = "expired"
     status = Status.CANCELLED if state == "cancelled" else Status.LOST
     message = CANCELLED_MESSAGE if status is Status.CANCELLED else EXPIRED_MESSAGE
