@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from celery.worker import WorkController
 
 from fleet.settings import Settings
@@ -47,6 +47,17 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _refuse_embedded_worker(**_: Any) -> None:
+    # Sent by `celery worker` only (not by fleet's in-process worker): without a broker
+    # URL it would consume a queue in its own memory that no `fleet run` can reach.
+    if worker_settings().is_embedded:
+        raise SystemExit(
+            "fleet: no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) "
+            "to run a worker"
+        )
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

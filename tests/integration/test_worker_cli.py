@@ -78,3 +78,18 @@ def test_fleet_worker_runs_tasks_under_its_node_name(
         assert '"max-concurrency": 4' in conf.stdout, conf.stdout
     finally:
         procs.stop(proc)
+
+
+def test_celery_worker_without_a_broker_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_BROKER")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "fleet", "worker", "-l", "WARNING"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "FLEET_BROKER_URL" in proc.stderr
