@@ -50,9 +50,11 @@ app = create_app()
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _refuse_embedded_worker(**_: Any) -> None:
-    # Sent by `celery worker` only (not by fleet's in-process worker): without a broker
-    # URL it would consume a queue in its own memory that no `fleet run` can reach.
+def _refuse_embedded_worker(sender: Any = None, **_: Any) -> None:
+    # A `celery worker` without a broker URL would consume a queue in its own memory
+    # that no `fleet run` can reach. fleet's in-process worker is the exception.
+    if isinstance(sender, _EmbeddedWorkController):
+        return
     if worker_settings().is_embedded:
         raise SystemExit(
             "fleet: no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) "
