@@ -131,3 +131,26 @@ def test_watchdog_finishes_an_unfollowed_run_at_its_deadline(
     assert results[victim].status.value == "lost"
     assert {results[h.name].status.value for h in ssh_fleet.hosts[1:]} == {"ok"}
     assert ledger.lines(victim) == [run_id]
+
+
+def test_report_renders_a_run_still_in_progress(
+    cli: FleetCLI,  # noqa: F811
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    ledger: Ledger,
+) -> None:
+    slow = ssh_fleet.hosts[0].name
+    start_worker(concurrency=8, env=cli.env)
+    command = ledger.command(f'if [ "$FLEET_HOST" = {slow} ]; then sleep 6; fi; echo hi')
+    proc = cli.popen(["run", command, "--group", "web", "--json"])
+    wait_until(lambda: len(ledger.hosts()) == len(ssh_fleet.hosts), timeout=30)
+    run_id = _last_run(cli)
+    wait_until(lambda: len(cli.run_json(["report", run_id])[1]["results"]) >= 1, timeout=20)
+    rc, doc = cli.run_json(["report", run_id])
+    assert doc["state"] == "running" and rc == 1  # not finished: not "all ok" yet
+    assert slow not in statuses(doc) and doc["hosts_total"] == len(ssh_fleet.hosts)
+    text = cli.run(["report", run_id])
+    assert "Traceback" not in text.stderr and "hi" in text.stdout
+    out, _err = proc.communicate(timeout=60)
+    final = json.loads(out)
+    assert final["state"] == "finished" and set(statuses(final).values()) == {"ok"}
