@@ -55,6 +55,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fleet import noderange
 from fleet.errors import EXIT_HOSTS_FAILED, EXIT_OK, UsageError
 from fleet.results import HostResult, RunRecord, RunReport, Status
 from fleet.textsafe import make_visible_line
@@ -231,30 +232,9 @@ def run_duration(report: RunReport) -> float | None:
     return max(seconds, 0.0)
 
 
-# Names of this shape fold and expand back unchanged; anything else (brackets,
-# commas, '@' group syntax, control bytes) is listed as it is rather than parsed.
-_FOLDABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-
-
 def fold_hosts(names: Sequence[str]) -> str:
     """Host names folded as ClusterShell's clubak does (``web[01-04,07]``), made visible."""
-    unique = list(dict.fromkeys(names))
-    foldable = [n for n in unique if _FOLDABLE.match(n)]
-    parts = [_fold(foldable)] if foldable else []
-    parts.extend(make_visible_line(n) for n in unique if not _FOLDABLE.match(n))
-    return ",".join(parts)
-
-
-def _fold(names: list[str]) -> str:
-    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
-
-    try:
-        folded = NodeSet.fromlist(names, resolver=RESOLVER_NOGROUP)
-        if len(folded) == len(names) and set(folded) == set(names):
-            return str(folded)
-    except NodeSetException:
-        pass
-    return ",".join(sorted(names))
+    return make_visible_line(noderange.fold_hosts(names))
 
 
 def format_seconds(seconds: float | None) -> str:
