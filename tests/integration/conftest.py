@@ -64,26 +64,25 @@ def _stop_everything_at_end() -> Iterator[None]:
     procs.stop_all()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the session. Tests that stop or restart Redis use `fresh_redis`."""
+def _serve_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     require_binary("redis-server", "redis-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session. Tests that stop or restart Redis use `fresh_redis`."""
+    yield from _serve_redis(tmp_path_factory)
 
 
 @pytest.fixture
 def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this test's own (free to kill or restart)."""
-    require_binary("redis-server", "redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve_redis(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
