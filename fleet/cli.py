@@ -267,15 +267,15 @@ class _NoWorkerWatch:
 
     def __call__(self, progress: Any) -> None:
         self._bar.update(progress)
-        if self._warned or progress.started or progress.done:
-            self._warned = self._warned or bool(progress.started or progress.done)
+        if progress.started or progress.done:
+            self._warned = True  # a worker is there: nothing to say, ever
+        if self._warned or progress.elapsed_s < self.AFTER_S:
             return
-        if progress.elapsed_s >= self.AFTER_S:
-            self._warned = True
-            self._bar.note(
-                f"fleet: no host has started after {progress.elapsed_s:.0f} s: is a worker "
-                f"consuming queue {', '.join(self._queues)}? (the run waits until its deadline)"
-            )
+        self._warned = True
+        self._bar.note(
+            f"fleet: no host has started after {progress.elapsed_s:.0f} s: is a worker "
+            f"consuming queue {', '.join(self._queues)}? (the run waits until its deadline)"
+        )
 
 
 def _check_writable(path: Path) -> None:
