@@ -15,9 +15,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.utils.log import get_logger
 from celery.worker import WorkController
 
+from fleet import celery_config
+from fleet.errors import ConfigError
 from fleet.settings import Settings
 from fleet.store_api import RunStore
 from fleet.stores import open_store
@@ -28,12 +31,25 @@ EMBEDDED_POLL_S = 0.01
 STOP_JOIN_S = 0.2
 
 
+log = get_logger(__name__)
+
+#: Site settings not taken by each app (`celery_config.resolve`), said at worker start.
+_refused: dict[int, list[celery_config.RefusedSetting]] = {}
+
+
 def create_app(settings: Settings | None = None) -> Celery:
+    """The Celery app for `settings`: fleet's safety settings, then the site's
+    ``celeryconfig`` (see `fleet.celery_config`), then the broker and backend URLs.
+
+    Raises `ConfigError` when the site module cannot be loaded.
+    """
     settings = settings or Settings.load()
     celery_app = Celery("fleet", include=["fleet.tasks"])
-    celery_app.config_from_object("celeryconfig")
-    # Chord state must live as long as the run history (PITFALLS: chords expire with it).
-    celery_app.conf.result_expires = settings.retention
+    config, refused = celery_config.resolve(
+        celery_config.load_site_settings(), result_expires=settings.retention
+    )
+    celery_app.conf.update(config)
+    _refused[id(celery_app)] = refused
     if settings.is_embedded:
         celery_app.conf.broker_url = EMBEDDED_BROKER
         celery_app.conf.result_backend = EMBEDDED_BACKEND
@@ -50,16 +66,41 @@ app = create_app()
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _refuse_embedded_worker(sender: Any = None, **_: Any) -> None:
+def _check_worker_start(sender: Any = None, **_: Any) -> None:
     # A `celery worker` without a broker URL would consume a queue in its own memory
     # that no `fleet run` can reach. fleet's in-process worker is the exception.
     if isinstance(sender, _EmbeddedWorkController):
         return
-    if worker_settings().is_embedded:
+    settings = worker_settings()
+    if settings.is_embedded:
         raise SystemExit(
             "fleet: no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) "
             "to run a worker"
         )
+    try:
+        settings.require_result_backend()
+    except ConfigError as exc:
+        raise SystemExit(f"fleet: {exc}") from None
+    refused = _refused.get(id(getattr(sender, "app", None)), [])
+    if refused:
+        log.warning(celery_config.refusal_line(refused))
+    multiplier = getattr(sender, "prefetch_multiplier", 1)
+    if multiplier != 1:  # an explicit --prefetch-multiplier: taken, but not silently
+        log.warning(
+            "fleet: --prefetch-multiplier %s: each busy slot may hold %s other hosts' "
+            "messages while other workers sit idle (fleet's setting is 1)",
+            multiplier,
+            multiplier - 1,
+        )
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _configure_child(**_: Any) -> None:
+    # A prefork child: its own SSH pool, sized from the settings (nothing crosses a fork).
+    from fleet.ssh import configure_default_pool
+
+    settings = worker_settings()
+    configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

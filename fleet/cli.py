@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fleet.celery_config import DEFAULT_CONCURRENCY, DEFAULT_POOL, POOLS
 from fleet.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -23,6 +24,7 @@ from fleet.errors import (
     InventoryError,
     UsageError,
 )
+from fleet.hosts import DEFAULT_QUEUE
 from fleet.settings import Settings
 
 EXIT_INTERNAL = 70
@@ -149,13 +151,38 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     cancel.set_defaults(handler=cmd_cancel)
 
-    worker = sub.add_parser("worker", parents=[common], help="start a Celery worker")
-    worker.add_argument("-Q", "--queues", default="fleet", help="comma-separated queues")
-    worker.add_argument("-c", "--concurrency", type=int, default=64)
+    worker = sub.add_parser(
+        "worker", parents=[common], help="start a Celery worker (celery -A fleet worker ...)"
+    )
+    worker.add_argument("-Q", "--queues", default=DEFAULT_QUEUE, help="comma-separated queues")
+    worker.add_argument(
+        "-P",
+        "--pool",
+        choices=POOLS,
+        default=DEFAULT_POOL,
+        help=f"Celery pool (default {DEFAULT_POOL})",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"tasks at once: threads, processes or greenlets (default {DEFAULT_CONCURRENCY})",
+    )
     worker.add_argument("-n", "--hostname", help="node name, e.g. eu1@%%h")
     worker.add_argument("-l", "--loglevel", default="INFO")
     worker.set_defaults(handler=cmd_worker)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -242,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
-        queues = sorted({h.queue or "fleet" for h in hosts})
+        queues = sorted({h.queue or DEFAULT_QUEUE for h in hosts})
         try:
             with ProgressDisplay(
                 args.command, len(hosts), enabled=None if not args.json else False
@@ -393,11 +420,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(
             "no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) to run a worker"
         )
-    from fleet.celery import app
-
-    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency), "-l", args.loglevel]
-    argv += ["-P", "threads", "--prefetch-multiplier", "1", "-E"]
+    settings.require_result_backend()
+    # The very command a Celery user types, in a fresh interpreter: Celery patches
+    # gevent/eventlet in before anything imports socket, which this process already did.
+    argv = [sys.executable, "-m", "celery", "-A", "fleet", "worker"]
+    argv += ["-Q", args.queues, "-P", args.pool, "-c", str(args.concurrency)]
+    argv += ["-l", args.loglevel, "-E"]
     if args.hostname:
         argv += ["-n", args.hostname]
-    app.worker_main(argv=argv)
-    return EXIT_OK
+    if getattr(args, "inventory", None):
+        os.environ["FLEET_INVENTORY"] = args.inventory
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606  (our own interpreter, fixed argv)

@@ -174,6 +174,10 @@ def parse_inventory(text: str, source: str) -> Inventory:
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> InventoryProblem:
     mark = exc.problem_mark or exc.context_mark
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    if "nesting depth" in str(exc.problem):
+        # libyaml (PyYAML 6.0.4+) has a nesting limit of its own, met before ours on
+        # very deep input: one rule, one message, whichever parser refuses first.
+        return InventoryProblem(where, f"nested deeper than {MAX_DEPTH} levels")
     words = " ".join(str(p) for p in (exc.context, exc.problem) if p)
     return InventoryProblem(where, printable(" ".join(words.split())) or "YAML syntax error")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.execute import ExecOptions
 from fleet.hosts import DEFAULT_QUEUE, Host
@@ -27,8 +28,7 @@ from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url
 from fleet.store_api import RunStore
 
-#: The broker redelivers unacked messages after 12 h (celeryconfig): no run may outlast that.
-MAX_DEADLINE_S = 11 * 3600
+MAX_DEADLINE_S = MAX_RUN_DEADLINE_S
 #: ExecOptions naming files on the submitter's machine; each worker uses its own.
 MACHINE_LOCAL_OPTIONS = ("known_hosts", "user_known_hosts", "ssh_config")
 #: How often a follower checks that the run record still exists (a flushed store).
@@ -175,8 +175,20 @@ def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: An
         )
         for h in request.hosts
     ]
-    callback = app.signature(AGGREGATE, args=(run.run_id,), queue=DEFAULT_QUEUE, expires=expires)
+    callback = app.signature(
+        AGGREGATE,
+        args=(run.run_id,),
+        queue=callback_queue(request.hosts, embedded=embedded),
+        expires=expires,
+    )
     return chord(group(members), callback, app=app)
+
+
+def callback_queue(hosts: tuple[Host, ...], *, embedded: bool) -> str:
+    """Where the chord callback goes: a queue this run's own hosts use, so it is served
+    whenever the run's tasks are (the default queue may have no worker at all)."""
+    queues = [queue_for(h, embedded=embedded) for h in hosts]
+    return DEFAULT_QUEUE if DEFAULT_QUEUE in queues or not queues else queues[0]
 
 
 def _release_subscriptions(app: Any) -> None:

@@ -49,11 +49,18 @@ class Settings:
     def is_embedded(self) -> bool:
         return not self.broker_url
 
-    def run_deadline(self) -> float:
-        """Seconds a run may take before hosts without a result are declared lost."""
-        if self.deadline is not None:
-            return self.deadline
-        return self.connect_timeout + self.auth_timeout + self.command_timeout + 60.0
+    def require_result_backend(self) -> None:
+        """Raise `ConfigError` when a broker is set but nothing holds results and history.
+
+        Only a Redis broker doubles as the result backend; a RabbitMQ broker needs
+        ``FLEET_RESULT_BACKEND`` (a Redis), or every run would wait for results nobody stores.
+        """
+        if self.broker_url and not self.store_url:
+            raise ConfigError(
+                f"FLEET_RESULT_BACKEND is not set: with the broker {redact_url(self.broker_url)} "
+                "fleet needs a Redis for results and run history "
+                "(e.g. FLEET_RESULT_BACKEND=redis://host:6379/0)"
+            )
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -13,8 +13,10 @@ HISTORY_FILE = "history.sqlite3"
 def open_store(settings: Settings) -> RunStore:
     """A new run store: SQLite under `settings.home` in embedded mode, else Redis.
 
-    Raises `BackendError` when the Redis URL is malformed.
+    Raises `BackendError` when the Redis URL is malformed, `ConfigError` when a broker
+    is set without a result backend (`Settings.require_result_backend`).
     """
+    settings.require_result_backend()
     if settings.is_embedded or not settings.store_url:
         from fleet.sqlite_store import SqliteRunStore
 

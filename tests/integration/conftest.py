@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness import procs
 from tests.harness.ledger import Ledger
+from tests.harness.rabbitmq import RabbitMQServer, rabbitmq_binary
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import MakeFleet, SSHFleet
 from tests.harness.stubs import BannerStaller, Endpoint, HungListener
@@ -83,6 +84,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this test's own (free to kill or restart)."""
     yield from _serve_redis(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    """One private rabbitmq-server for the session; tests take a vhost of their own."""
+    if rabbitmq_binary() is None:
+        reason = "rabbitmq-server not installed (Debian package rabbitmq-server)"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def rabbit_vhost(rabbitmq_server: RabbitMQServer) -> str:
+    """The AMQP URL of a fresh vhost on the session's RabbitMQ."""
+    return rabbitmq_server.add_vhost(f"fleet-test-{os.urandom(4).hex()}")
 
 
 @pytest.fixture(scope="session")

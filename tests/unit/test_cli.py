@@ -167,3 +167,43 @@ def test_unwritable_html_path_is_refused_before_running(
     err = capsys.readouterr().err
     assert "--html" in err and "does not exist" in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deep_nesting_is_one_line_naming_the_file_whichever_parser_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], depth: int
+) -> None:
+    inv = write(tmp_path, "defaults: {x: " + "[" * depth + "]" * depth + "}\n")
+    assert main(["hosts", "all", "-i", str(inv)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"fleet: {inv}: ") and "nested deeper than 64 levels" in err[0]
+
+
+def test_worker_without_result_backend_for_rabbitmq_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_BROKER_URL", "amqp://guest:secret@127.0.0.1:1//")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FLEET_RESULT_BACKEND is not set" in err
+    assert "secret" not in err
+
+
+def test_run_with_rabbitmq_and_no_result_backend_is_refused_before_publishing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 1: nothing listens, so reaching the broker at all would be a different error.
+    monkeypatch.setenv("FLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//")
+    inv = write(tmp_path, INVENTORY)
+    assert main(["run", "true", "-g", "local", "-i", str(inv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FLEET_RESULT_BACKEND is not set" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_worker_bad_concurrency_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", "-c", value]) == 2
+    assert "concurrency" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""fleet's Celery settings: the safety settings a site cannot weaken, and the site's own.
+
+Two layers, applied in this order by `fleet.celery.create_app`:
+
+1. fleet's settings below (`SAFETY` and `DEFAULTS`), from inside the package, so no
+   other module named ``celeryconfig`` can replace them;
+2. the site's settings: a module named ``celeryconfig`` on ``sys.path`` (usually the
+   current directory; the repository's top-level ``celeryconfig.py`` is the template),
+   loaded as ``app.config_from_object('celeryconfig')`` would load it.
+
+A site may change any setting, except that a safety setting is only taken when it is at
+least as strict as fleet's; a weaker one is not taken, and the worker says so in one line
+at start (`refused_settings`). Plain values (no Celery import), so the submitter and the
+tests can read them cheaply.
+
+Sources: Celery's "Configuration and defaults" and "Optimizing: Prefetch limits"
+(``task_acks_late`` with ``worker_prefetch_multiplier = 1`` reserves one task per slot).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from fleet.errors import ConfigError
+from fleet.hosts import DEFAULT_QUEUE
+
+#: The module holding a site's Celery settings (Celery's own convention).
+SITE_MODULE = "celeryconfig"
+
+#: `fleet worker`'s pool and concurrency when none is given. Network-bound work: threads.
+#: `celery -A fleet worker` keeps Celery's own defaults unless given ``-P``/``-c``: a
+#: config value would beat an explicit ``-P prefork`` on the command line (PITFALLS).
+DEFAULT_POOL = "threads"
+DEFAULT_CONCURRENCY = 64
+POOLS = ("threads", "prefork", "gevent", "eventlet", "solo")
+
+#: The Redis broker gives an unacknowledged message back after this many seconds.
+VISIBILITY_TIMEOUT_S = 12 * 3600
+#: No run may last longer than this: its unacked messages must not come back mid-run.
+MAX_RUN_DEADLINE_S = VISIBILITY_TIMEOUT_S - 3600
+
+JSON = "json"
+_JSON_TYPES = frozenset({"json", "application/json"})
+
+
+@dataclass(frozen=True, slots=True)
+class SafetySetting:
+    """One setting fleet relies on: its value, and what a site may set instead."""
+
+    value: Any
+    why: str
+    allows: Callable[[Any], bool]
+
+
+def _json_only(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple | set | frozenset)
+        and bool(value)
+        and (set(value) <= _JSON_TYPES)
+    )
+
+
+def _is(expected: Any) -> Callable[[Any], bool]:
+    return lambda value: value == expected
+
+
+SAFETY: dict[str, SafetySetting] = {
+    # A pickle in the broker is code execution on every worker.
+    "task_serializer": SafetySetting(JSON, "JSON only", _is(JSON)),
+    "result_serializer": SafetySetting(JSON, "JSON only", _is(JSON)),
+    "event_serializer": SafetySetting(JSON, "JSON only", _is(JSON)),
+    "accept_content": SafetySetting([JSON], "JSON only", _json_only),
+    "result_accept_content": SafetySetting([JSON], "JSON only", _json_only),
+    # Late ack with one message per slot: a worker busy with a slow host holds no other
+    # host's message, so an idle worker takes it (celery #6500). A redelivery after a
+    # crash finds the host's claim taken and never runs the command twice.
+    "task_acks_late": SafetySetting(True, "a busy slot must not hold another host", _is(True)),
+    "worker_prefetch_multiplier": SafetySetting(
+        1, "a busy slot must not hold another host", _is(1)
+    ),
+    # True can redeliver a task forever when its process dies (celery #3053).
+    "task_reject_on_worker_lost": SafetySetting(False, "no redelivery loops", _is(False)),
+    # Eager tasks would run in the submitter, with none of the worker's checks.
+    "task_always_eager": SafetySetting(False, "tasks run on workers", _is(False)),
+}
+
+#: The broker option checked inside ``broker_transport_options``.
+_VISIBILITY = SafetySetting(
+    VISIBILITY_TIMEOUT_S,
+    "no message may come back while its run can still be live",
+    lambda value: isinstance(value, int | float) and value >= VISIBILITY_TIMEOUT_S,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "task_default_queue": DEFAULT_QUEUE,
+    "task_create_missing_queues": True,
+    "broker_transport_options": {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # A hung (not down) Redis must fail a call, not block it forever.
+        "socket_timeout": 10.0,
+        "socket_connect_timeout": 3.0,
+    },
+    "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+    "broker_connection_retry_on_startup": True,
+    "broker_connection_timeout": 3.0,
+    "redis_socket_connect_timeout": 3.0,
+    "redis_socket_timeout": 10.0,
+    "redis_backend_health_check_interval": 30,
+    # Flower and `celery events` show fleet.run_on_host by name. No "task-sent" event
+    # from the submitter: one more Redis publish per host (bench/README.md).
+    "worker_send_task_events": True,
+    "task_send_sent_event": False,
+    "worker_hijack_root_logger": False,
+    "task_track_started": False,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedSetting:
+    """A site setting not taken because it weakens a safety setting."""
+
+    name: str
+    given: Any
+    kept: Any
+    why: str
+
+    def describe(self) -> str:
+        return f"{self.name}={self.given!r} (kept {self.kept!r}: {self.why})"
+
+
+def load_site_settings(module: str = SITE_MODULE) -> dict[str, Any]:
+    """The lowercase settings of the site module, or {} when there is none.
+
+    Raises `ConfigError` naming the module when it exists but cannot be imported.
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return {}
+        raise ConfigError(f"{module}.py: cannot load: {exc}") from None
+    except Exception as exc:  # a site file with a syntax or runtime error
+        raise ConfigError(f"{module}.py: cannot load: {type(exc).__name__}: {exc}") from None
+    return {
+        name: value
+        for name, value in vars(mod).items()
+        if not name.startswith("_")
+        and name.islower()
+        and not callable(value)
+        and not isinstance(value, ModuleType)
+    }
+
+
+def resolve(
+    site: Mapping[str, Any], *, result_expires: int
+) -> tuple[dict[str, Any], list[RefusedSetting]]:
+    """fleet's settings with the site's laid over them; returns (config, refused).
+
+    `result_expires` (seconds) follows fleet's run retention: chord state must live as
+    long as the run history (PITFALLS: chords expire with it); a shorter site value is
+    refused like a weaker safety setting.
+    """
+    config: dict[str, Any] = {name: s.value for name, s in SAFETY.items()}
+    config.update({k: dict(v) if isinstance(v, dict) else v for k, v in DEFAULTS.items()})
+    config["result_expires"] = result_expires
+    refused: list[RefusedSetting] = []
+    for name, value in site.items():
+        safety = SAFETY.get(name)
+        if safety is not None and not safety.allows(value):
+            refused.append(RefusedSetting(name, value, safety.value, safety.why))
+            continue
+        if name == "result_expires" and not (
+            isinstance(value, int | float) and value >= result_expires
+        ):
+            refused.append(
+                RefusedSetting(name, value, result_expires, "chord state must outlive the run")
+            )
+            continue
+        if name == "broker_transport_options" and isinstance(value, Mapping):
+            merged = dict(config["broker_transport_options"])
+            merged.update(value)
+            if "visibility_timeout" in value and not _VISIBILITY.allows(
+                value["visibility_timeout"]
+            ):
+                refused.append(
+                    RefusedSetting(
+                        "broker_transport_options.visibility_timeout",
+                        value["visibility_timeout"],
+                        _VISIBILITY.value,
+                        _VISIBILITY.why,
+                    )
+                )
+                merged["visibility_timeout"] = _VISIBILITY.value
+            config[name] = merged
+            continue
+        config[name] = value
+    return config, refused
+
+
+def refusal_line(refused: list[RefusedSetting]) -> str:
+    """The one line a worker logs at start when site settings were not taken."""
+    return (
+        f"fleet: {SITE_MODULE}.py settings not taken (they would weaken fleet's safety): "
+        + "; ".join(r.describe() for r in refused)
+    )
