@@ -81,10 +81,17 @@ def _check_worker_start(sender: Any = None, **_: Any) -> None:
         settings.require_result_backend()
     except ConfigError as exc:
         raise SystemExit(f"fleet: {exc}") from None
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _say_weakened_settings(sender: Any = None, **_: Any) -> None:
+    # At ready, not init: the worker's logging is set up by then, so the line lands in
+    # its log beside the banner.
+    worker = getattr(sender, "controller", sender)
     refused = _refused.get(id(getattr(sender, "app", None)), [])
     if refused:
         log.warning(celery_config.refusal_line(refused))
-    multiplier = getattr(sender, "prefetch_multiplier", 1)
+    multiplier = getattr(worker, "prefetch_multiplier", 1)
     if multiplier != 1:  # an explicit --prefetch-multiplier: taken, but not silently
         log.warning(
             "fleet: --prefetch-multiplier %s: each busy slot may hold %s other hosts' "

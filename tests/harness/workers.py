@@ -27,12 +27,17 @@ def celery_app_present() -> bool:
 
 
 class CeleryWorker:
-    """`python -m celery -A fleet worker -n NAME@testnode -Q QUEUES -c N -P threads ...`.
+    """`python -m celery -A fleet worker -n NAME@testnode -Q QUEUES -c N -P POOL ...`.
 
     `env` is laid over this process's environment (tests already have FLEET_HOME and
     FLEET_SSH_CONFIG=none from the autouse fixture): pass FLEET_BROKER_URL,
     FLEET_RESULT_BACKEND, FLEET_KNOWN_HOSTS, ... there. The worker leads its own
     process group, so `kill()`/`stop()` also end the children it forked.
+
+    By default fleet is imported from this checkout (on PYTHONPATH, run from the repo);
+    `python` (another interpreter, e.g. a clean venv's) with `from_checkout=False` runs
+    the fleet installed there instead, from `cwd`. No prefetch flag is passed: the
+    worker runs with what fleet's own Celery settings say, as a user's would.
     """
 
     def __init__(
@@ -44,6 +49,10 @@ class CeleryWorker:
         log_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         ready_timeout: float = 30.0,
+        pool: str = "threads",
+        python: str = sys.executable,
+        cwd: Path = REPO_ROOT,
+        from_checkout: bool = True,
     ) -> None:
         self.name = name or f"w{next(_names)}"
         self.node_name = f"{self.name}@testnode"
@@ -51,26 +60,28 @@ class CeleryWorker:
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="fleet-worker-"))
         self.log_path = log_dir / f"{self.name}.log"
         full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
-        )
+        if from_checkout:
+            full_env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
+            )
+        else:
+            full_env.pop("PYTHONPATH", None)
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env.update(env)
         self.env = full_env
         argv = [
-            sys.executable, "-m", "celery", "-A", "fleet", "worker",
+            python, "-m", "celery", "-A", "fleet", "worker",
             "-n", self.node_name,
             "-Q", ",".join(self.queues),
             "-c", str(concurrency),
-            "-P", "threads",
-            "--prefetch-multiplier", "1",
+            "-P", pool,
             "-l", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             *extra_args,
         ]  # fmt: skip
         self._returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = procs.spawn(
-            argv, self.log_path, env=full_env, cwd=REPO_ROOT
+            argv, self.log_path, env=full_env, cwd=cwd
         )
         self._wait_ready(ready_timeout)
 

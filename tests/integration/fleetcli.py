@@ -17,21 +17,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass
 class FleetCLI:
-    """`python -m fleet ...` with a fixed environment (broker, known_hosts, inventory)."""
+    """`python -m fleet ...` with a fixed environment (broker, known_hosts, inventory).
+
+    By default the checkout's fleet; `python` with `from_checkout=False` runs the fleet
+    installed for that interpreter (a clean venv's), from `cwd`.
+    """
 
     inventory: Path
     env: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+    cwd: Path = REPO
+    from_checkout: bool = True
 
     def full_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO)
+        if self.from_checkout:
+            env["PYTHONPATH"] = str(REPO)
+        else:
+            env.pop("PYTHONPATH", None)
         env["FLEET_INVENTORY"] = str(self.inventory)
         env.update(self.env)
         env.update(extra or {})
         return env
 
     def argv(self, args: Sequence[str]) -> list[str]:
-        return [sys.executable, "-m", "fleet", *args]
+        return [self.python, "-m", "fleet", *args]
 
     def run(
         self, args: Sequence[str], timeout: float = 120.0, env: Mapping[str, str] | None = None
@@ -41,7 +51,7 @@ class FleetCLI:
             capture_output=True,
             text=True,
             env=self.full_env(env),
-            cwd=REPO,
+            cwd=self.cwd,
             timeout=timeout,
         )
 
@@ -52,7 +62,7 @@ class FleetCLI:
             stderr=subprocess.PIPE,
             text=True,
             env=self.full_env(),
-            cwd=REPO,
+            cwd=self.cwd,
         )
 
     def run_json(self, args: Sequence[str], timeout: float = 120.0) -> tuple[int, Any]:
