@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.load()
     celery_app = Celery("fleet", include=["fleet.tasks"])
     config, refused = celery_config.resolve(
-        celery_config.load_site_settings(), result_expires=settings.retention
+        celery_config.load_site_settings(),
+        result_expires=settings.retention,
+        transport=celery_config.transport_of(settings.broker_url),
     )
     celery_app.conf.update(config)
     _refused[id(celery_app)] = refused

@@ -4,6 +4,7 @@ Two layers, applied in this order by `fleet.celery.create_app`:
 
 1. fleet's settings below (`SAFETY` and `DEFAULTS`), from inside the package, so no
    other module named ``celeryconfig`` can replace them;
+   (the fairness settings depend on the broker: `BROKER_SAFETY`);
 2. the site's settings: a module named ``celeryconfig`` on ``sys.path`` (usually the
    current directory; the repository's top-level ``celeryconfig.py`` is the template),
    loaded as ``app.config_from_object('celeryconfig')`` would load it.
@@ -44,6 +45,8 @@ VISIBILITY_TIMEOUT_S = 12 * 3600
 MAX_RUN_DEADLINE_S = VISIBILITY_TIMEOUT_S - 3600
 
 JSON = "json"
+_ONE_PER_SLOT = "a busy slot must not hold another host's message"
+_NO_CRASH_ON_RECONNECT = "a late ack racing a Redis reconnect crashes the worker"
 _JSON_TYPES = frozenset({"json", "application/json"})
 
 
@@ -75,18 +78,50 @@ SAFETY: dict[str, SafetySetting] = {
     "event_serializer": SafetySetting(JSON, "JSON only", _is(JSON)),
     "accept_content": SafetySetting([JSON], "JSON only", _json_only),
     "result_accept_content": SafetySetting([JSON], "JSON only", _json_only),
-    # Late ack with one message per slot: a worker busy with a slow host holds no other
-    # host's message, so an idle worker takes it (celery #6500). A redelivery after a
-    # crash finds the host's claim taken and never runs the command twice.
-    "task_acks_late": SafetySetting(True, "a busy slot must not hold another host", _is(True)),
-    "worker_prefetch_multiplier": SafetySetting(
-        1, "a busy slot must not hold another host", _is(1)
-    ),
+    # One message per slot: with the default window (4 x concurrency) one worker hoards
+    # slow hosts while others sit idle (PR #2994).
+    "worker_prefetch_multiplier": SafetySetting(1, _ONE_PER_SLOT, _is(1)),
     # True can redeliver a task forever when its process dies (celery #3053).
     "task_reject_on_worker_lost": SafetySetting(False, "no redelivery loops", _is(False)),
     # Eager tasks would run in the submitter, with none of the worker's checks.
     "task_always_eager": SafetySetting(False, "tasks run on workers", _is(False)),
 }
+
+#: How each broker keeps a busy slot from holding another host's message. With early
+#: ack the prefetch window reopens as soon as a task starts, so a worker busy with a
+#: slow host reserves the next one while other workers sit idle (celery #6500).
+#: - Redis: early ack, and Celery's ``worker_disable_prefetch`` (5.6+, Redis only): no
+#:   message is taken while every slot is busy. Late ack is not used on Redis: an ack
+#:   racing a broker reconnect crashes the worker (kombu's channel has no connection
+#:   then: "Unrecoverable error: AttributeError ... 'hostname'", seen in
+#:   tests/integration/test_faults.py::test_redis_restarted_mid_run).
+#: - RabbitMQ (and any other broker): late ack with prefetch 1, Celery's documented
+#:   answer ("Optimizing: Prefetch limits"); a redelivery after a worker died finds the
+#:   host's claim taken and never runs the command twice.
+#: - The embedded memory transport has one in-process worker: nothing to be fair to.
+BROKER_SAFETY: dict[str, dict[str, SafetySetting]] = {
+    "redis": {
+        "task_acks_late": SafetySetting(False, _NO_CRASH_ON_RECONNECT, _is(False)),
+        "worker_disable_prefetch": SafetySetting(True, _ONE_PER_SLOT, _is(True)),
+    },
+    "amqp": {"task_acks_late": SafetySetting(True, _ONE_PER_SLOT, _is(True))},
+    "memory": {},
+}
+
+
+def transport_of(broker_url: str | None) -> str:
+    """``redis``, ``amqp`` or ``memory`` (embedded): which fairness rule applies."""
+    if not broker_url or broker_url.startswith("memory://"):
+        return "memory"
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return "redis"
+    return "amqp"
+
+
+def safety_for(transport: str) -> dict[str, SafetySetting]:
+    """Every safety setting for a broker of kind `transport` (`transport_of`)."""
+    return {**SAFETY, **BROKER_SAFETY[transport]}
+
 
 #: The broker option checked inside ``broker_transport_options``.
 _VISIBILITY = SafetySetting(
@@ -156,20 +191,22 @@ def load_site_settings(module: str = SITE_MODULE) -> dict[str, Any]:
 
 
 def resolve(
-    site: Mapping[str, Any], *, result_expires: int
+    site: Mapping[str, Any], *, result_expires: int, transport: str = "redis"
 ) -> tuple[dict[str, Any], list[RefusedSetting]]:
     """fleet's settings with the site's laid over them; returns (config, refused).
 
+    `transport` is the broker's kind (`transport_of`): the fairness settings differ.
     `result_expires` (seconds) follows fleet's run retention: chord state must live as
     long as the run history (PITFALLS: chords expire with it); a shorter site value is
     refused like a weaker safety setting.
     """
-    config: dict[str, Any] = {name: s.value for name, s in SAFETY.items()}
+    safety_settings = safety_for(transport)
+    config: dict[str, Any] = {name: s.value for name, s in safety_settings.items()}
     config.update({k: dict(v) if isinstance(v, dict) else v for k, v in DEFAULTS.items()})
     config["result_expires"] = result_expires
     refused: list[RefusedSetting] = []
     for name, value in site.items():
-        safety = SAFETY.get(name)
+        safety = safety_settings.get(name)
         if safety is not None and not safety.allows(value):
             refused.append(RefusedSetting(name, value, safety.value, safety.why))
             continue

@@ -18,7 +18,7 @@ AGGREGATE = "fleet.aggregate"
 
 # shared_task: registered on every fleet app (the worker's, and one made for explicit
 # settings by the Python API), not only the one built from the environment.
-# Late ack and prefetch 1 come from fleet.celery_config (a site cannot weaken them).
+# Ack timing and prefetch come from fleet.celery_config, per broker (a site cannot weaken them).
 @shared_task(name=RUN_ON_HOST, bind=True)  # type: ignore[untyped-decorator]
 def run_on_host(
     self: Task, run_id: str, host: dict[str, Any], command: str, options: dict[str, Any]

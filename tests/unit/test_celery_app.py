@@ -33,7 +33,8 @@ def test_celery_configuration_is_json_only_one_message_per_slot_and_observable()
     conf = app_for(Settings.load(broker_url="redis://127.0.0.1:1/5")).conf
     assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == conf.event_serializer == "json"
-    assert conf.task_acks_late is True and conf.worker_prefetch_multiplier == 1
+    assert conf.task_acks_late is False and conf.worker_disable_prefetch is True
+    assert conf.worker_prefetch_multiplier == 1
     assert conf.task_reject_on_worker_lost is False
     assert conf.worker_send_task_events is True
     assert conf.broker_transport_options["visibility_timeout"] >= 12 * 3600
@@ -42,6 +43,29 @@ def test_celery_configuration_is_json_only_one_message_per_slot_and_observable()
     # a config value would beat an explicit `celery -A fleet worker -P prefork`.
     assert "worker_pool" not in celery_config.DEFAULTS
     assert conf.worker_pool == "prefork"  # Celery's own default, untouched
+
+
+def test_a_rabbitmq_app_acks_late_with_one_message_per_slot() -> None:
+    conf = app_for(
+        Settings.load(broker_url="amqp://127.0.0.1:1//", result_backend="redis://127.0.0.1:1/0")
+    ).conf
+    assert conf.task_acks_late is True and conf.worker_prefetch_multiplier == 1
+    assert conf.worker_disable_prefetch is False  # Redis only: Celery ignores it elsewhere
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        (None, "memory"),
+        ("memory://", "memory"),
+        ("redis://h:6379/0", "redis"),
+        ("rediss://h:6380/0", "redis"),
+        ("amqp://h//", "amqp"),
+        ("pyamqp://h//", "amqp"),
+    ],
+)
+def test_transport_of_a_broker_url(url: str | None, transport: str) -> None:
+    assert celery_config.transport_of(url) == transport
 
 
 def test_no_site_settings_means_fleets_own() -> None:
@@ -59,7 +83,6 @@ def test_no_site_settings_means_fleets_own() -> None:
         ("task_serializer", "pickle"),
         ("result_serializer", "msgpack"),
         ("event_serializer", "pickle"),
-        ("task_acks_late", False),
         ("worker_prefetch_multiplier", 4),
         ("task_reject_on_worker_lost", True),
         ("task_always_eager", True),
@@ -67,7 +90,26 @@ def test_no_site_settings_means_fleets_own() -> None:
     ],
 )
 def test_a_weaker_safety_setting_is_not_taken_and_named(name: str, value: object) -> None:
-    config, refused = celery_config.resolve({name: value}, result_expires=3600)
+    _refused_on("redis", name, value)
+    _refused_on("amqp", name, value)
+
+
+@pytest.mark.parametrize(
+    ("transport", "name", "value"),
+    [
+        ("redis", "task_acks_late", True),
+        ("redis", "worker_disable_prefetch", False),
+        ("amqp", "task_acks_late", False),
+    ],
+)
+def test_broker_fairness_settings_cannot_be_dropped(
+    transport: str, name: str, value: object
+) -> None:
+    _refused_on(transport, name, value)
+
+
+def _refused_on(transport: str, name: str, value: object) -> None:
+    config, refused = celery_config.resolve({name: value}, result_expires=3600, transport=transport)
     assert [r.name for r in refused] == [name]
     assert config[name] != value
     line = celery_config.refusal_line(refused)
