@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fleet.execute import ExecOptions
+from fleet.command import ExecOptions
 from fleet.inventory import load_inventory
 from fleet.results import RunReport
 from fleet.runs import RunRequest, report_for

@@ -233,7 +233,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleet.execute import ExecOptions
+    from fleet.command import ExecOptions
     from fleet.runs import RunRequest
 
     settings = _settings(

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from fleet.command import ExecOptions
 from fleet.errors import BackendError, RunNotFoundError
-from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, RunReport, Status, utc_now
 from fleet.store_api import RunStore

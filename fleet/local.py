@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from fleet.command import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.errors import ConfigError
-from fleet.execute import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 

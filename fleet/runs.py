@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.celery_config import MAX_RUN_DEADLINE_S
+from fleet.command import ExecOptions
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
-from fleet.execute import ExecOptions
 from fleet.hosts import DEFAULT_QUEUE, Host
 from fleet.jobs import cancel_run, finalize_run
 from fleet.results import RunRecord, RunReport, utc_now

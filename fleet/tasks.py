@@ -8,7 +8,8 @@ from typing import Any
 from celery import Task, shared_task
 
 from fleet.celery import worker_settings, worker_store
-from fleet.execute import ExecOptions, execute
+from fleet.command import ExecOptions
+from fleet.execute import execute
 from fleet.hosts import Host
 from fleet.jobs import finalize_run, run_host_job
 

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import paramiko
 
+from fleet.command import CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.errors import ConfigError
-from fleet.execute import CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import sftp

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import paramiko
 
-from fleet.execute import EOF_GRACE, CappedBuffer, Invocation
+from fleet.command import EOF_GRACE, CappedBuffer, Invocation
 from fleet.ssh.errors import SessionRefused
 
 _MARKER = b"FLEET-PID "

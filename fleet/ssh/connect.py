@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import paramiko
 
-from fleet.execute import ExecOptions
+from fleet.command import ExecOptions
 from fleet.results import Status
 from fleet.ssh.errors import ConnectFailure
 from fleet.ssh.hostkeys import HostKeyPolicy, host_key_name

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from fleet.execute import ExecOptions
+from fleet.command import ExecOptions
 from fleet.results import Status
 from fleet.ssh.connect import Connector
 from fleet.ssh.errors import ConnectFailure, SessionRefused

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.execute import ExecOptions, execute
+from fleet.command import ExecOptions
+from fleet.execute import execute
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 

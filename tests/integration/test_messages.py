@@ -169,7 +169,7 @@ def test_worker_refuses_a_pickle_message(
     ledger: Ledger,
     tmp_path: Path,
 ) -> None:
-    from fleet.execute import ExecOptions
+    from fleet.command import ExecOptions
     from fleet.results import RunRecord, utc_now
     from fleet.runs import task_host
     from fleet.store import RedisRunStore

@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from fleet.execute import ExecOptions
+from fleet.command import ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import ConnectionPool, Connector, get_file, put_file, run_command

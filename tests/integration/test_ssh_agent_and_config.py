@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from fleet.execute import ExecOptions, execute
+from fleet.command import ExecOptions
+from fleet.execute import execute
 from fleet.hosts import Host
 from fleet.results import Status
 from fleet.ssh import close_default_pool

@@ -171,7 +171,7 @@ def test_a_celeryconfig_in_the_working_directory_cannot_weaken_the_app(
 def test_task_messages_carry_no_paths_of_the_submitters_machine() -> None:
     import time
 
-    from fleet.execute import ExecOptions
+    from fleet.command import ExecOptions
     from fleet.hosts import Host
     from fleet.results import RunRecord, utc_now
     from fleet.runs import RunRequest, build_canvas

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.command import ExecOptions
 from fleet.errors import BackendError
-from fleet.execute import ExecOptions
 from fleet.hosts import Host
 from fleet.jobs import cancel_run, finalize_run, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now

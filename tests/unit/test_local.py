@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import pytest
 
-from fleet.execute import ExecOptions
+from fleet.command import ExecOptions
 from fleet.hosts import Host
 from fleet.local import get_local, put_local, run_local
 from fleet.results import HostResult, Status

@@ -12,6 +12,8 @@ import pytest
 
 from fleet import report as render
 from fleet.errors import EXIT_HOSTS_FAILED, EXIT_OK, FleetError
+from fleet.report import files as report_files
+from fleet.report.common import fold_hosts
 from fleet.results import HostResult, RunRecord, RunReport, Status
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own styling, the only escapes allowed
@@ -199,8 +201,8 @@ def test_weird_host_names_are_listed_not_parsed() -> None:
 
 
 def test_fold_hosts_keeps_padding_distinct() -> None:
-    assert render.fold_hosts(["web01", "web1"]) in {"web[1,01]", "web[01,1]"}
-    assert render.fold_hosts(["n1", "n2", "n3", "n5"]) == "n[1-3,5]"
+    assert fold_hosts(["web01", "web1"]) in {"web[1,01]", "web[01,1]"}
+    assert fold_hosts(["n1", "n2", "n3", "n5"]) == "n[1-3,5]"
 
 
 # --- JSON ----------------------------------------------------------------------------
@@ -367,7 +369,7 @@ def test_write_atomically_leaves_nothing_on_error(
     def broken_replace(src: str, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(render.os, "replace", broken_replace)
+    monkeypatch.setattr(report_files.os, "replace", broken_replace)
     with pytest.raises(FleetError, match=r"cannot write .*report\.html: No space left"):
         render.write_atomically(target, "new")
     assert target.read_text() == "old"
@@ -385,7 +387,7 @@ def test_report_module_imports_no_framework() -> None:
     import sys
 
     code = (
-        "import sys, fleet.report, fleet.report_html, fleet.textsafe, fleet.results\n"
+        "import sys, fleet.report, fleet.report.html, fleet.textsafe, fleet.results\n"
         "bad = [m for m in ('celery', 'paramiko', 'redis', 'kombu') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

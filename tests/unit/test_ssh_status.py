@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from fleet.execute import CappedBuffer, ExecOptions
+from fleet.command import CappedBuffer, ExecOptions
 from fleet.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import ConnectionPool, Connector, run_command

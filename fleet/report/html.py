@@ -11,14 +11,14 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from fleet.report import (
+from fleet.report.common import (
     all_counts,
     failure_reason,
     fold_hosts,
     format_seconds,
-    render_summary_line,
     truncation_notes,
 )
+from fleet.report.text import render_summary_line
 from fleet.results import STATUS_ORDER, HostResult, RunReport, Status
 from fleet.textsafe import make_visible, make_visible_line
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fleet.errors import EXIT_OK
-from fleet.report import (
+from fleet.report.common import (
     exit_code,
     failure_reason,
     fold_hosts,

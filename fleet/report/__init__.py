@@ -1,0 +1,32 @@
+"""Renderings of a `RunReport`: text for people, JSON for scripts, HTML for sharing.
+
+Rendering is pure: every function returns a string (or an int), the CLI prints it.
+All host-provided text (output, error messages, host names) is passed through
+`fleet.textsafe` first, so a host cannot repaint the operator's terminal.
+
+- `fleet.report.contract`: the JSON contract (`render_json`, `runs_json`), documented there;
+- `fleet.report.text`: the report, summary line and `fleet runs` table for people;
+- `fleet.report.html`: one self-contained HTML page;
+- `fleet.report.common`: what they share (`exit_code`, durations, folded names);
+- `fleet.report.files`: `write_atomically`.
+"""
+
+from __future__ import annotations
+
+from fleet.report.common import exit_code
+from fleet.report.contract import render_json, report_json_dict, runs_json
+from fleet.report.files import write_atomically
+from fleet.report.html import render_html
+from fleet.report.text import render_runs, render_summary_line, render_text
+
+__all__ = [
+    "exit_code",
+    "render_html",
+    "render_json",
+    "render_runs",
+    "render_summary_line",
+    "render_text",
+    "report_json_dict",
+    "runs_json",
+    "write_atomically",
+]
