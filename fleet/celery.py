@@ -22,8 +22,8 @@ from celery.worker import WorkController
 from fleet import celery_config
 from fleet.errors import ConfigError
 from fleet.settings import Settings
-from fleet.store_api import RunStore
-from fleet.stores import open_store
+from fleet.store import open_store
+from fleet.store.protocol import RunStore
 
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "cache+memory://"

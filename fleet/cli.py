@@ -374,7 +374,7 @@ def _terminal_width() -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from fleet import report as render
     from fleet.runs import report_for
-    from fleet.stores import open_store
+    from fleet.store import open_store
 
     store = open_store(_settings(args))
     # Reading a run's report also finishes it when its deadline has passed, so the
@@ -395,7 +395,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fleet.runs import report_for
-    from fleet.stores import open_store
+    from fleet.store import open_store
 
     store = open_store(_settings(args))
     return _emit_report(report_for(store, args.run_id), args)
@@ -403,7 +403,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from fleet.jobs import cancel_run
-    from fleet.stores import open_store
+    from fleet.store import open_store
 
     store = open_store(_settings(args))
     run = store.get_run(args.run_id)

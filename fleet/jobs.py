@@ -17,7 +17,7 @@ from fleet.command import ExecOptions
 from fleet.errors import BackendError, RunNotFoundError
 from fleet.hosts import Host
 from fleet.results import HostResult, RunReport, Status, utc_now
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
 
 ExecuteFn = Callable[[Host, str, ExecOptions], HostResult]
 

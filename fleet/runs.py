@@ -26,7 +26,7 @@ from fleet.hosts import DEFAULT_QUEUE, Host
 from fleet.jobs import cancel_run, finalize_run
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
 
 MAX_DEADLINE_S = MAX_RUN_DEADLINE_S
 #: ExecOptions naming files on the submitter's machine; each worker uses its own.

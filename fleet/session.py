@@ -13,8 +13,8 @@ from fleet.jobs import cancel_run
 from fleet.results import RunRecord, RunReport
 from fleet.runs import Progress, RunRequest, follow_run, run_deadline_s, submit_run
 from fleet.settings import Settings
-from fleet.store_api import RunStore
-from fleet.stores import open_store
+from fleet.store import open_store
+from fleet.store.protocol import RunStore
 
 
 class RunSession:

@@ -14,7 +14,7 @@ import time
 
 from fleet.errors import FleetError
 from fleet.jobs import finalize_run
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
 
 #: Newest runs looked at per sweep: overdue runs are recent (deadlines are at most 11 h).
 SWEEP_LIMIT = 500

@@ -18,7 +18,7 @@ import pytest
 from fleet.errors import RunNotFoundError
 from fleet.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
 
 MakeStore = Callable[..., RunStore]
 

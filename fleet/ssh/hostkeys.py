@@ -4,6 +4,19 @@ Known keys come from the user's known_hosts and fleet's own file. An unknown key
 is rejected unless accept-new is on, in which case it is appended once (under a
 file lock, re-checked inside it, so concurrent threads and processes record it
 once). A changed key is always rejected, with both fingerprints.
+
+We read known_hosts ourselves rather than through `paramiko.HostKeys`: its lookup
+compares names exactly (case-sensitively) or by hash, so it knows neither `*`/`?`
+wildcards nor `!` negation, and its parser takes an `@revoked`/`@cert-authority`
+marker for a host name, then fails to decode the key and raises out of
+`HostKeys.load`: one such line made the whole file unreadable for every host.
+Names are looked up exactly as `host_key_name` spells them (`[addr]:port` off
+port 22); there is no fallback to the port-less name.
+
+A fleet looks up every host of a run in the same files, so each parsed file
+version carries an index: plain names in a dict, wildcard and negated patterns
+compiled once at parse time, hashed names decoded once (one HMAC per hashed
+line per lookup), and each host's answer remembered for that file version.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import hmac
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
@@ -24,8 +37,12 @@ from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from fleet.results import Status
 from fleet.ssh.errors import ConnectFailure
 
-_cache: dict[str, tuple[tuple[float, int], _KnownHosts]] = {}
+# path -> ((mtime_ns, size, inode, ctime_ns), parsed): a rewrite or a replace shows.
+_cache: dict[str, tuple[tuple[int, int, int, int], _KnownHosts]] = {}
 _cache_lock = threading.Lock()
+
+# Answers remembered per parsed file version; past this many hosts the memo restarts.
+_MEMO_MAX = 1 << 16
 
 # Server host key algorithms paramiko can negotiate for each known key type.
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
@@ -46,25 +63,67 @@ class _Line:
     names: tuple[str, ...]  # host patterns, or one hashed name (|1|salt|hash)
     key: paramiko.PKey
 
-    def matches(self, host: str) -> bool:
-        """OpenSSH's rules: any pattern matches and no negated one does."""
+
+@dataclass(frozen=True, slots=True)
+class _Matcher:
+    """One line's names, prepared once. OpenSSH's rules: any pattern matches and no
+    negated one does; names compare lower-cased (hashed ones hash the lower-cased host)."""
+
+    plain: frozenset[str]
+    wild: tuple[re.Pattern[str], ...]
+    hashed: tuple[tuple[bytes, bytes], ...]  # (salt, HMAC-SHA1 of the host)
+    negated: tuple[re.Pattern[str], ...]
+
+    def matches(self, host: str, raw: bytes | None) -> bool:
+        """`host` lower-cased; `raw` its UTF-8 bytes (None: not encodable, no hash matches)."""
+        if any(p.fullmatch(host) for p in self.negated):
+            return False
+        if host in self.plain or any(p.fullmatch(host) for p in self.wild):
+            return True
+        return raw is not None and any(
+            hmac.compare_digest(hmac.digest(salt, raw, "sha1"), digest)
+            for salt, digest in self.hashed
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Section:
+    """The plain-key lines or the @revoked lines of one file version, indexed.
+
+    `plain` maps a lower-cased name to the lines (file order) whose names are all
+    plain (no wildcard, negation or hash); every other line is in `special` with its
+    `_Matcher`. `memo` remembers each host's answer: `special` is scanned once per host.
+    """
+
+    lines: tuple[_Line, ...]
+    plain: dict[str, tuple[int, ...]]
+    special: tuple[tuple[int, _Matcher], ...]
+    memo: dict[str, tuple[paramiko.PKey, ...]] = field(default_factory=dict)
+
+    def find(self, host: str) -> tuple[paramiko.PKey, ...]:
+        """Keys of the lines naming `host`, in file order."""
         host = host.lower()
-        hit = False
-        for name in self.names:
-            if name.startswith("|1|"):
-                hit = hit or _hashed_match(name, host)
-            elif name.startswith("!"):
-                if _pattern(name[1:]).fullmatch(host):
-                    return False
-            elif _pattern(name).fullmatch(host):
-                hit = True
-        return hit
+        if not self.special:
+            return tuple(self.lines[i].key for i in self.plain.get(host, ()))
+        found = self.memo.get(host)
+        if found is None:
+            try:
+                raw: bytes | None = host.encode()
+            except UnicodeError:
+                raw = None
+            hits = [i for i, m in self.special if m.matches(host, raw)]
+            hits.extend(self.plain.get(host, ()))  # a line is in one of the two, never both
+            found = tuple(self.lines[i].key for i in sorted(hits))
+            if len(self.memo) >= _MEMO_MAX:
+                self.memo.clear()
+            self.memo[host] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
 class _KnownHosts:
-    keys: tuple[_Line, ...]
-    revoked: tuple[_Line, ...]
+    keys: _Section
+    revoked: _Section
 
 
 def _pattern(text: str) -> re.Pattern[str]:
@@ -73,11 +132,65 @@ def _pattern(text: str) -> re.Pattern[str]:
     return re.compile(escaped)
 
 
-def _hashed_match(hashed: str, host: str) -> bool:
+def _compiled(text: str, compiled: dict[str, re.Pattern[str]]) -> re.Pattern[str]:
+    pattern = compiled.get(text)
+    if pattern is None:
+        pattern = compiled[text] = _pattern(text)
+    return pattern
+
+
+def _is_plain(name: str) -> bool:
+    return not name.startswith(("|1|", "!")) and "*" not in name and "?" not in name
+
+
+def _hashed(name: str) -> tuple[bytes, bytes] | None:
+    """`|1|salt|hash` as (salt, hash) bytes, or None if it can never match.
+
+    A host matches when paramiko's `hash_host(host, name)` gives back `name` exactly,
+    so salt and hash must be canonical base64 (20 bytes each, as HMAC-SHA1 makes)."""
+    parts = name.split("|")
+    if len(parts) != 4:
+        return None
     try:
-        return hmac.compare_digest(paramiko.HostKeys.hash_host(host, hashed), hashed)
-    except (ValueError, TypeError, binascii.Error, AssertionError):
-        return False
+        salt = base64.decodebytes(parts[2].encode())
+        digest = base64.b64decode(parts[3])
+    except (ValueError, binascii.Error):
+        return None
+    canonical = (base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    if len(salt) != 20 or len(digest) != 20 or canonical != (parts[2], parts[3]):
+        return None
+    return salt, digest
+
+
+def _matcher(names: tuple[str, ...], compiled: dict[str, re.Pattern[str]]) -> _Matcher:
+    plain: set[str] = set()
+    wild: list[re.Pattern[str]] = []
+    hashed: list[tuple[bytes, bytes]] = []
+    negated: list[re.Pattern[str]] = []
+    for name in names:
+        if name.startswith("|1|"):
+            pair = _hashed(name)
+            if pair is not None:
+                hashed.append(pair)
+        elif name.startswith("!"):
+            negated.append(_compiled(name[1:], compiled))
+        elif _is_plain(name):
+            plain.add(name.lower())
+        else:
+            wild.append(_compiled(name, compiled))
+    return _Matcher(frozenset(plain), tuple(wild), tuple(hashed), tuple(negated))
+
+
+def _section(lines: list[_Line], compiled: dict[str, re.Pattern[str]]) -> _Section:
+    plain: dict[str, list[int]] = {}
+    special: list[tuple[int, _Matcher]] = []
+    for i, line in enumerate(lines):
+        if all(_is_plain(name) for name in line.names):
+            for name in dict.fromkeys(name.lower() for name in line.names):
+                plain.setdefault(name, []).append(i)
+        else:
+            special.append((i, _matcher(line.names, compiled)))
+    return _Section(tuple(lines), {name: tuple(ix) for name, ix in plain.items()}, tuple(special))
 
 
 def _parse(path: str) -> _KnownHosts:
@@ -107,16 +220,17 @@ def _parse(path: str) -> _KnownHosts:
                 continue  # as OpenSSH: a bad line is skipped, not fatal for every host
             if entry is not None and entry.key is not None:
                 sink.append(_Line(tuple(entry.hostnames), entry.key))
-    return _KnownHosts(tuple(keys), tuple(revoked))
+    compiled: dict[str, re.Pattern[str]] = {}  # a pattern on many lines is compiled once
+    return _KnownHosts(_section(keys, compiled), _section(revoked, compiled))
 
 
 def _load(path: str, *, fresh: bool = False) -> _KnownHosts | None:
-    """Parsed file, cached by (mtime, size): big known_hosts files are parsed once."""
+    """Parsed and indexed file, cached per file version: big known_hosts are parsed once."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    stamp = (st.st_mtime, st.st_size)
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     if not fresh:
         with _cache_lock:
             cached = _cache.get(path)
@@ -161,8 +275,8 @@ class HostKeyPolicy:
             parsed = _load(path, fresh=fresh)
             if parsed is None:
                 continue
-            lines = parsed.revoked if revoked else parsed.keys
-            found.extend((path, line.key) for line in lines if line.matches(name))
+            section = parsed.revoked if revoked else parsed.keys
+            found.extend((path, key) for key in section.find(name))
         return found
 
     def preferred_algorithms(self, name: str, offered: tuple[str, ...]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import pytest
 
 import fleet
 from fleet.settings import Settings
-from fleet.store import RedisRunStore
+from fleet.store.redis_store import RedisRunStore
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet

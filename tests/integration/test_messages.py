@@ -172,7 +172,7 @@ def test_worker_refuses_a_pickle_message(
     from fleet.command import ExecOptions
     from fleet.results import RunRecord, utc_now
     from fleet.runs import task_host
-    from fleet.store import RedisRunStore
+    from fleet.store.redis_store import RedisRunStore
 
     env = cluster_env(fresh_redis.url, ssh_fleet, tmp_path)
     worker = start_worker(name="guard", concurrency=2, env=env)

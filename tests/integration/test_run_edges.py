@@ -32,7 +32,7 @@ def test_cancel_and_a_replayed_message_never_relabel_a_host_that_ran(
     # A second delivery of a running host's message arrives after the cancel.
     from fleet.runs import task_host
     from fleet.settings import Settings
-    from fleet.stores import open_store
+    from fleet.store import open_store
 
     settings = Settings.load(broker_url=fresh_redis.url)
     store = open_store(settings)
@@ -122,7 +122,7 @@ def test_watchdog_finishes_an_unfollowed_run_at_its_deadline(
     run_id = err.split("fleet report ")[1].split()[0]
     doomed.kill(signal.SIGKILL)
 
-    from fleet.store import RedisRunStore
+    from fleet.store.redis_store import RedisRunStore
 
     store = RedisRunStore.from_url(fresh_redis.url)
     # Nobody follows or reads the run: only the bystander's watchdog can finish it.

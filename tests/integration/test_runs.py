@@ -278,7 +278,7 @@ def test_duplicated_task_message_does_not_run_twice(
     handle = run(ledger.command("sleep 1"), "web", settings=Settings.load())
     # Replay every message of the run: same task, same arguments, a second delivery.
     from fleet.runs import task_host
-    from fleet.stores import open_store
+    from fleet.store import open_store
 
     store = open_store(Settings.load())
     record = store.get_run(handle.run_id)

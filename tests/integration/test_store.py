@@ -14,8 +14,8 @@ import redis
 
 from fleet.errors import BackendError, FleetError, RunNotFoundError
 from fleet.results import RunReport
-from fleet.store import RedisRunStore
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
+from fleet.store.redis_store import RedisRunStore
 from tests.harness.redis_server import RedisServer
 from tests.store_contract import (
     COLON_HOST,

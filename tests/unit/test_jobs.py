@@ -14,7 +14,7 @@ from fleet.errors import BackendError
 from fleet.hosts import Host
 from fleet.jobs import cancel_run, finalize_run, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
-from fleet.sqlite_store import SqliteRunStore
+from fleet.store.sqlite_store import SqliteRunStore
 
 HOSTS = (Host("web01", "10.0.0.1"), Host("web02", "10.0.0.2"), Host("web03", "10.0.0.3"))
 

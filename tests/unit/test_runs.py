@@ -24,7 +24,7 @@ from fleet.runs import (
     queue_for,
     task_host,
 )
-from fleet.sqlite_store import SqliteRunStore
+from fleet.store.sqlite_store import SqliteRunStore
 
 EU = Host("web01", "10.0.0.1", user="deploy", queue="dc-eu", vars={"rack": 3}, env={"A": "1"})
 MAIN = Host("db1", "10.0.1.1")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import BackendError
-from fleet.sqlite_store import SqliteRunStore
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
+from fleet.store.sqlite_store import SqliteRunStore
 from tests.store_contract import MakeStore, StoreContract, make_hosts, make_run, ok
 
 
@@ -78,7 +78,7 @@ def test_sqlite_errors_are_backend_errors(tmp_path: Path) -> None:
 
 def test_embedded_store_does_not_import_redis() -> None:
     code = (
-        "import sys, fleet.sqlite_store, fleet.store_api;"
+        "import sys, fleet.store.sqlite_store, fleet.store.protocol;"
         "assert 'redis' not in sys.modules, 'redis imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fleet.hosts import Host
 from fleet.results import HostResult, RunRecord, Status, utc_now
-from fleet.sqlite_store import SqliteRunStore
+from fleet.store.sqlite_store import SqliteRunStore
 from fleet.watchdog import Watchdog, finalize_overdue
 
 HOSTS = (Host("web01", "10.0.0.1"), Host("web02", "10.0.0.2"))

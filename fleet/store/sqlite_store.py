@@ -22,8 +22,8 @@ from fleet.errors import BackendError, RunNotFoundError
 from fleet.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DAY
-from fleet.store_api import RUNNING, not_found_message, result_event
-from fleet.store_keys import dumps, epoch, hosts_from_json, hosts_json
+from fleet.store.keys import dumps, epoch, hosts_from_json, hosts_json
+from fleet.store.protocol import RUNNING, not_found_message, result_event
 
 POLL_S = 0.05  # how often a blocked `events` looks for rows written by another process
 

@@ -1,7 +1,7 @@
 """The run store's interface, free of any backend import.
 
 Two implementations: `fleet.store.RedisRunStore` (distributed mode, the only module
-that imports redis) and `fleet.sqlite_store.SqliteRunStore` (embedded mode). Code
+that imports redis) and `fleet.store.sqlite_store.SqliteRunStore` (embedded mode). Code
 that only needs "a run store" imports this module, so embedded mode never loads redis.
 
 Every method raises `BackendError` when the store cannot be reached or fails;

@@ -1,6 +1,6 @@
 """The run store on Redis: the only module of fleet that imports redis.
 
-Key layout and Lua scripts live in `fleet.store_keys`. Every redis exception is
+Key layout and Lua scripts live in `fleet.store.keys`. Every redis exception is
 caught here and re-raised as `BackendError` naming the store's URL, redacted.
 
 Retries: the client retries connection errors with a short backoff, so a Redis
@@ -22,12 +22,12 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from fleet import store_keys as keys
 from fleet.errors import BackendError, ConfigError, RunNotFoundError
 from fleet.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DAY, redact_url
-from fleet.store_api import RUNNING, not_found_message, result_event
+from fleet.store import keys
+from fleet.store.protocol import RUNNING, not_found_message, result_event
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0

@@ -1,11 +1,21 @@
-"""Choosing the run store for a set of settings, without importing Celery."""
+"""The run store: runs, per-host results, claims, progress events and history.
+
+- `fleet.store.protocol`: `RunStore`, what every store offers (and the claim rules);
+- `fleet.store.keys`: the Redis key layout, value formats and expiry, in one place;
+- `fleet.store.redis_store`: `RedisRunStore`, the distributed store (the only module
+  that imports redis);
+- `fleet.store.sqlite_store`: `SqliteRunStore`, the embedded mode's local history;
+- `open_store(settings)`: the store for a set of settings (below), without Celery.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fleet.settings import Settings
-from fleet.store_api import RunStore
+from fleet.store.protocol import RunStore
+
+__all__ = ["HISTORY_FILE", "RunStore", "open_store"]
 
 HISTORY_FILE = "history.sqlite3"
 
@@ -18,11 +28,11 @@ def open_store(settings: Settings) -> RunStore:
     """
     settings.require_result_backend()
     if settings.is_embedded or not settings.store_url:
-        from fleet.sqlite_store import SqliteRunStore
+        from fleet.store.sqlite_store import SqliteRunStore
 
         Path(settings.home).mkdir(parents=True, exist_ok=True)
         return SqliteRunStore(Path(settings.home) / HISTORY_FILE, retention=settings.retention)
-    from fleet.store import RedisRunStore
+    from fleet.store.redis_store import RedisRunStore
 
     return RedisRunStore.from_url(
         settings.store_url, prefix=settings.prefix, retention=settings.retention
