@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleet.command import ExecOptions
-from fleet.inventory import load_inventory
+from fleet.inventory.loader import load_inventory
 from fleet.results import RunReport
 from fleet.runs import RunRequest, report_for
 from fleet.session import RunSession

@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from fleet.errors import ConfigError
-from fleet.hosts import DEFAULT_QUEUE
+from fleet.inventory.hosts import DEFAULT_QUEUE
 
 #: The module holding a site's Celery settings (Celery's own convention).
 SITE_MODULE = "celeryconfig"

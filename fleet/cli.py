@@ -24,7 +24,7 @@ from fleet.errors import (
     InventoryError,
     UsageError,
 )
-from fleet.hosts import DEFAULT_QUEUE
+from fleet.inventory.hosts import DEFAULT_QUEUE
 from fleet.settings import Settings
 
 EXIT_INTERNAL = 70
@@ -200,7 +200,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def _select(pattern: str | None, settings: Settings) -> tuple[Any, ...]:
-    from fleet.inventory import load_inventory
+    from fleet.inventory.loader import load_inventory
 
     if not pattern:
         raise UsageError("no pattern given: name a group, e.g. --group web (or 'all')")

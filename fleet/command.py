@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fleet.errors import ConfigError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status, utc_now
 from fleet.settings import Settings
 

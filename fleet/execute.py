@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleet.command import ExecOptions
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult
 
 

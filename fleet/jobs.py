@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from fleet.command import ExecOptions
 from fleet.errors import BackendError, RunNotFoundError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunReport, Status, utc_now
 from fleet.store.protocol import RunStore
 

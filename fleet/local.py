@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fleet.command import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.errors import ConfigError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL

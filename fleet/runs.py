@@ -22,7 +22,7 @@ from typing import Any
 from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
-from fleet.hosts import DEFAULT_QUEUE, Host
+from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.jobs import cancel_run, finalize_run
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url

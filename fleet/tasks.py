@@ -10,7 +10,7 @@ from celery import Task, shared_task
 from fleet.celery import worker_settings, worker_store
 from fleet.command import ExecOptions
 from fleet.execute import execute
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.jobs import finalize_run, run_host_job
 
 RUN_ON_HOST = "fleet.run_on_host"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleet.errors import RunNotFoundError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
 from fleet.store.protocol import RunStore
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from fleet import noderange
 from fleet.errors import EXIT_HOSTS_FAILED, EXIT_OK
+from fleet.inventory import noderange
 from fleet.results import HostResult, RunReport, Status
 from fleet.textsafe import make_visible_line
 

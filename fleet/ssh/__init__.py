@@ -18,7 +18,7 @@ import paramiko
 
 from fleet.command import CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.errors import ConfigError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import sftp
 from fleet.ssh.command import StartTimeout, run_channel, start_command

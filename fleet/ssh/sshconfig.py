@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from fleet.hosts import DEFAULT_PORT, Host
+from fleet.inventory.hosts import DEFAULT_PORT, Host
 
 
 @dataclass(frozen=True, slots=True)

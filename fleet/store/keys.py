@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 
 KeyKind = Literal["run", "results", "events", "report", "claim", "runs", "host_runs"]
 

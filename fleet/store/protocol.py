@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 
 #: Run states. A run is created `running`; `finished` or `cancelled` end it.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import BackendError, RunNotFoundError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DAY
 from fleet.store.keys import dumps, epoch, hosts_from_json, hosts_json

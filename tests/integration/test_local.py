@@ -13,7 +13,7 @@ import pytest
 
 from fleet.command import ExecOptions
 from fleet.execute import execute
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
 
 LOCAL = Host(name="localhost", address="localhost", connection="local")

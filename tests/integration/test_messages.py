@@ -40,7 +40,7 @@ def secret_inventory(path: Path, fleet: SSHFleet) -> Path:
             "user": fleet.user,
             "identity_file": str(fleet.client_key),
         }
-        for h in fleet.hosts
+        for h in fleet.inventory.hosts
     }
     group = {"hosts": hosts, "vars": {"password_env": "DB_PASS", "env": {"APP_MODE": "blue"}}}
     path.write_text(yaml.safe_dump({"groups": {"web": group}}))
@@ -214,7 +214,7 @@ def test_worker_refuses_a_pickle_message(
 
 
 def _fleet_hosts(fleet: SSHFleet) -> list[Any]:
-    from fleet.hosts import Host
+    from fleet.inventory.hosts import Host
 
     return [
         Host(
@@ -224,5 +224,5 @@ def _fleet_hosts(fleet: SSHFleet) -> list[Any]:
             user=fleet.user,
             identity_file=str(fleet.client_key),
         )
-        for h in fleet.hosts
+        for h in fleet.inventory.hosts
     ]

@@ -28,7 +28,7 @@ import pytest
 
 from fleet.command import ExecOptions
 from fleet.execute import execute
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import Status
 from fleet.ssh import close_default_pool
 from tests.harness import procs

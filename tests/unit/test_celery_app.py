@@ -172,7 +172,7 @@ def test_task_messages_carry_no_paths_of_the_submitters_machine() -> None:
     import time
 
     from fleet.command import ExecOptions
-    from fleet.hosts import Host
+    from fleet.inventory.hosts import Host
     from fleet.results import RunRecord, utc_now
     from fleet.runs import RunRequest, build_canvas
 

@@ -12,7 +12,7 @@ import pytest
 from fleet.command import CappedBuffer, ExecOptions, build_invocation
 from fleet.errors import ConfigError
 from fleet.execute import execute
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import Status
 from fleet.settings import Settings
 
@@ -93,7 +93,7 @@ def test_capped_buffer() -> None:
 def test_execute_dispatches_local_without_paramiko(tmp_path: Path) -> None:
     code = (
         "import sys; from fleet.execute import execute; from fleet.command import ExecOptions;"
-        " from fleet.hosts import Host;"
+        " from fleet.inventory.hosts import Host;"
         "r = execute(Host(name='l', address='localhost', connection='local'), 'echo hi',"
         " ExecOptions()); assert r.stdout == 'hi\\n', r;"
         "assert 'paramiko' not in sys.modules, 'paramiko imported'"

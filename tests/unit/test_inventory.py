@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import InventoryError, InventoryProblem, PatternError
-from fleet.inventory import (
+from fleet.inventory.loader import (
     MAX_DEPTH,
     MAX_HOST_VALUES,
     MAX_HOSTS,
@@ -18,7 +18,7 @@ from fleet.inventory import (
     load_inventory,
     parse_inventory,
 )
-from fleet.inventory_schema import show
+from fleet.inventory.schema import show
 
 #: Bound of the "refused quickly" checks: a hang guard, not a benchmark (walking the
 #: refused files would take minutes; CI machines are slow and shared).
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(params=["libyaml", "python"])
 def both_parsers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a test on libyaml's event parser and on PyYAML's pure-Python fallback."""
-    import fleet.inventory as module
+    import fleet.inventory.loader as module
 
     if request.param == "python":
         monkeypatch.setattr(module, "_LOADER", module._PyLoader)
@@ -137,7 +137,7 @@ def test_inventory_is_frozen() -> None:
 
 
 def test_host_round_trips_through_json_dict() -> None:
-    from fleet.hosts import Host
+    from fleet.inventory.hosts import Host
 
     for host in parse_inventory(FULL, "x").hosts:
         assert Host.from_dict(host.to_dict()) == host

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.command import ExecOptions
 from fleet.errors import BackendError
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.jobs import cancel_run, finalize_run, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.store.sqlite_store import SqliteRunStore

@@ -11,7 +11,7 @@ from typing import BinaryIO
 import pytest
 
 from fleet.command import ExecOptions
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.local import get_local, put_local, run_local
 from fleet.results import HostResult, Status
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fleet.errors import PatternError
-from fleet.noderange import (
+from fleet.inventory.noderange import (
     COUNT_CAP,
     MAX_RANGE_HOSTS,
     count_range,

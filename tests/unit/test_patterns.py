@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import PatternError
-from fleet.inventory import Inventory, parse_inventory
-from fleet.patterns import split_pattern
+from fleet.inventory.loader import Inventory, parse_inventory
+from fleet.inventory.patterns import split_pattern
 
 TEXT = """
 groups:

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.command import ExecOptions
 from fleet.errors import BackendError
-from fleet.hosts import DEFAULT_QUEUE, Host
+from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.jobs import run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.runs import (

@@ -18,7 +18,7 @@ import paramiko
 import pytest
 
 from fleet.command import CappedBuffer, ExecOptions
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
 from fleet.ssh import ConnectionPool, Connector, run_command
 from fleet.ssh.command import _MarkedStdout, kill_remote

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fleet.hosts import Host
+from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.store.sqlite_store import SqliteRunStore
 from fleet.watchdog import Watchdog, finalize_overdue

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Mapping
 from fnmatch import fnmatchcase
 
 from fleet.errors import PatternError
-from fleet.noderange import expand_hosts, fold_hosts, has_range
+from fleet.inventory.noderange import expand_hosts, fold_hosts, has_range
 
 _GLOB_CHARS = frozenset("*?")
 _KNOWN_SHOWN = 30  # group names listed in an "unknown name" message

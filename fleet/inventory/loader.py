@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fleet.errors import InventoryError, InventoryProblem, PatternError
-from fleet.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
-from fleet.inventory_schema import (
+from fleet.inventory.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
+from fleet.inventory.noderange import expand_hosts, fold_hosts
+from fleet.inventory.patterns import resolve_pattern
+from fleet.inventory.schema import (
     MAX_HOSTS,
     GroupSpec,
     InventorySpec,
@@ -47,8 +49,6 @@ from fleet.inventory_schema import (
     printable,
     show,
 )
-from fleet.noderange import expand_hosts, fold_hosts
-from fleet.patterns import resolve_pattern
 
 __all__ = [
     "MAX_HOSTS",
@@ -136,7 +136,7 @@ def parse_inventory(text: str, source: str) -> Inventory:
     problems: list[InventoryProblem] = []
     if len(text) > MAX_FILE_BYTES:
         raise InventoryError(source, InventoryProblem("", "file is larger than 16 MiB"))
-    loader: _Checks | None = None
+    loader: _GuardedLoader | None = None
     try:
         loader = _LOADER(text, problems)  # the reader may check every character up front
         data = loader.get_single_data()
@@ -189,7 +189,9 @@ class _PyEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
         yaml.parser.Parser.__init__(self)
 
 
-class _Checks(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+class _GuardedLoader(
+    yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver
+):
     """A safe loader with duplicate-key detection and limits on depth and alias expansion.
 
     Concrete loaders below add the event source (libyaml's or PyYAML's own).
@@ -290,16 +292,16 @@ class _Checks(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.res
         return super().construct_mapping(node, deep=deep)
 
 
-class _PyLoader(_Checks, _PyEvents):
+class _PyLoader(_GuardedLoader, _PyEvents):
     def start_events(self, text: str) -> None:
         _PyEvents.__init__(self, text)
 
 
-_LOADER: type[_Checks] = _PyLoader
+_LOADER: type[_GuardedLoader] = _PyLoader
 try:
     from yaml._yaml import CParser
 
-    class _CLoader(_Checks, CParser):
+    class _CLoader(_GuardedLoader, CParser):
         def start_events(self, text: str) -> None:
             CParser.__init__(self, text)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import InventoryProblem, PatternError
-from fleet.hosts import KNOWN_HOST_VARS
-from fleet.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
+from fleet.inventory.hosts import KNOWN_HOST_VARS
+from fleet.inventory.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
 
 #: Hosts listed across the file once ranges are expanded (a host listed in two groups
 #: counts twice). Counted before anything is expanded: a larger file is refused.
@@ -91,10 +91,10 @@ class InventorySpec:
 
 def check_inventory(data: Any, problems: list[InventoryProblem]) -> InventorySpec:
     """Check `data` loaded from an inventory file; append each problem to `problems`."""
-    return _Checker(problems).check(data)
+    return _SchemaChecker(problems).check(data)
 
 
-class _Checker:
+class _SchemaChecker:
     """Checks the loaded data, appending every problem found."""
 
     def __init__(self, problems: list[InventoryProblem]) -> None:
