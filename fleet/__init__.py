@@ -1,22 +1,36 @@
 """fleet: run a command on many hosts over SSH, one Celery task per host.
 
-The Python API (``fleet.run``) is loaded lazily so that importing ``fleet``
+The public Python API is what ``__all__`` lists; every other module is internal.
+
+    import fleet
+    with fleet.run("uptime", "web", inventory="inventory.yaml") as handle:
+        report = handle.wait()
+    for result in report.failed:
+        print(result.host, result.status, result.error)
+
+``fleet.run`` (and Celery behind it) is loaded lazily, so that importing ``fleet``
 (and ``fleet --help``) never pulls in Celery.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["run"]
+from fleet.errors import FleetError
+from fleet.results import HostResult, RunReport, Status
+
+if TYPE_CHECKING:
+    from fleet.api import RunHandle, run
+
+__all__ = ["FleetError", "HostResult", "RunHandle", "RunReport", "Status", "run"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run":
-        from fleet.api import run
+    if name in ("run", "RunHandle"):
+        from fleet import api
 
-        return run
+        return getattr(api, name)
     if name == "app":
         # `celery -A fleet worker` looks up the attribute `app` of the package.
         from fleet.celery import app

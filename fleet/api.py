@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fleet.command import ExecOptions
 from fleet.inventory.loader import load_inventory
+from fleet.lifecycle import RunRequest
 from fleet.results import RunReport
-from fleet.runs import RunRequest, report_for
 from fleet.session import RunSession
 from fleet.settings import Settings
 
@@ -40,10 +40,22 @@ class RunHandle:
 
     def report(self) -> RunReport:
         """The report as it stands now (complete once the run is finished)."""
-        return report_for(self._session.store, self.run_id)
+        return self._session.report(self.run_id)
 
     def cancel(self) -> bool:
         return self._session.cancel(self.run_id)
+
+    def close(self) -> None:
+        """Release the run store's connections (and an embedded run's worker: its run
+        stops). `wait()` closes once the run is finished; a web app that only submits
+        calls this, or uses the handle as a context manager."""
+        self._session.close()
+
+    def __enter__(self) -> RunHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run(

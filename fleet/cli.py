@@ -234,7 +234,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fleet.command import ExecOptions
-    from fleet.runs import RunRequest
+    from fleet.lifecycle import RunRequest
 
     settings = _settings(
         args,
@@ -255,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.html:
         _check_writable(args.html)
     from fleet.console import ProgressDisplay
-    from fleet.runs import new_run_id
+    from fleet.lifecycle import new_run_id
     from fleet.session import RunSession
 
     run_id = new_run_id()
@@ -373,15 +373,10 @@ def _terminal_width() -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from fleet import report as render
-    from fleet.runs import report_for
-    from fleet.store import open_store
+    from fleet.session import RunSession
 
-    store = open_store(_settings(args))
-    # Reading a run's report also finishes it when its deadline has passed, so the
-    # state shown agrees with the counts.
-    reports = [
-        report_for(store, r.run_id) for r in store.list_runs(limit=args.limit, host=args.host)
-    ]
+    with RunSession(_settings(args)) as session:
+        reports = session.list_reports(limit=args.limit, host=args.host)
     runs = [r.run for r in reports]
     counts = {r.run.run_id: r.counts() for r in reports}
     if args.json:
@@ -394,23 +389,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fleet.runs import report_for
-    from fleet.store import open_store
+    from fleet.session import RunSession
 
-    store = open_store(_settings(args))
-    return _emit_report(report_for(store, args.run_id), args)
+    with RunSession(_settings(args)) as session:
+        report = session.report(args.run_id)
+    return _emit_report(report, args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from fleet.jobs import cancel_run
-    from fleet.store import open_store
+    from fleet.session import RunSession
 
-    store = open_store(_settings(args))
-    run = store.get_run(args.run_id)
-    if cancel_run(store, args.run_id):
-        print(f"fleet: run {args.run_id} cancelled; hosts not yet started will not run")
-        return EXIT_OK
-    print(f"fleet: run {args.run_id} is already {run.state}; nothing to cancel", file=sys.stderr)
+    with RunSession(_settings(args)) as session:
+        state = session.run_state(args.run_id)
+        if session.cancel(args.run_id):
+            print(f"fleet: run {args.run_id} cancelled; hosts not yet started will not run")
+            return EXIT_OK
+    print(f"fleet: run {args.run_id} is already {state}; nothing to cancel", file=sys.stderr)
     return EXIT_OK
 
 

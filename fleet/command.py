@@ -12,14 +12,14 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status, utc_now
-from fleet.settings import Settings
+from fleet.settings import DEFAULTS, Settings
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -29,14 +29,19 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EOF_GRACE = 2.0
 
 
+#: Options naming files of one machine: never in a task message; each worker uses its
+#: own (`fleet.worker.exec_options`), configured once when it starts.
+MACHINE_LOCAL_FIELDS = ("known_hosts", "user_known_hosts", "ssh_config")
+
+
 @dataclass(frozen=True, slots=True)
 class ExecOptions:
     """How to run a command on a host. Travels in task messages, so it holds no secret."""
 
-    command_timeout: float = 300.0
-    connect_timeout: float = 10.0  # TCP connect + banner + key exchange
-    auth_timeout: float = 10.0
-    output_cap: int = 1 << 20  # bytes kept per stream
+    command_timeout: float = DEFAULTS.command_timeout
+    connect_timeout: float = DEFAULTS.connect_timeout  # TCP connect + banner + key exchange
+    auth_timeout: float = DEFAULTS.auth_timeout
+    output_cap: int = DEFAULTS.output_cap  # bytes kept per stream
     known_hosts: str | None = None  # fleet's own known_hosts file (FLEET_KNOWN_HOSTS)
     user_known_hosts: str | None = "~/.ssh/known_hosts"
     ssh_config: str | None = "~/.ssh/config"  # None or "none": ignore
@@ -80,6 +85,17 @@ class ExecOptions:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["env"] = dict(self.env)
         return data
+
+    def to_message(self) -> dict[str, Any]:
+        """What a task message carries: `to_dict` without `MACHINE_LOCAL_FIELDS`."""
+        data = self.to_dict()
+        for name in MACHINE_LOCAL_FIELDS:
+            data.pop(name, None)
+        return data
+
+    def with_machine_files(self, local: ExecOptions) -> ExecOptions:
+        """These options with `local`'s known_hosts and ssh config."""
+        return replace(self, **{name: getattr(local, name) for name in MACHINE_LOCAL_FIELDS})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecOptions:

@@ -10,44 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import math
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.celery_config import MAX_RUN_DEADLINE_S
-from fleet.command import ExecOptions
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
-from fleet.jobs import cancel_run, finalize_run
+from fleet.lifecycle import RunRequest, cancel_run, finalize_run, new_run_id
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url
 from fleet.store.protocol import RunStore
 
-MAX_DEADLINE_S = MAX_RUN_DEADLINE_S
-#: ExecOptions naming files on the submitter's machine; each worker uses its own.
-MACHINE_LOCAL_OPTIONS = ("known_hosts", "user_known_hosts", "ssh_config")
 #: How often a follower checks that the run record still exists (a flushed store).
 PRESENCE_CHECK_S = 2.0
-#: Slots assumed when sizing a default deadline for many hosts.
-ASSUMED_SLOTS = 64
 #: A follower rides out a store outage this long past the run's deadline, then gives up.
 OUTAGE_GRACE_S = 30.0
 OUTAGE_FIRST_DELAY_S = 0.2
 OUTAGE_MAX_DELAY_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    command: str
-    pattern: str
-    hosts: tuple[Host, ...]
-    options: ExecOptions
-    deadline_s: float | None = None  # None: derived from the timeouts and the host count
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,37 +42,6 @@ class Progress:
     @property
     def done(self) -> int:
         return sum(self.counts.values())
-
-
-def new_run_id() -> str:
-    """Sortable by time, short enough to type: 20261123-221807-3fa9c2."""
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def run_deadline_s(request: RunRequest) -> float:
-    """Seconds the run may take. Raises `UsageError` for a deadline no host could meet."""
-    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
-    if deadline_s > MAX_DEADLINE_S:
-        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
-    budget = host_budget(request.options)
-    if deadline_s < budget:
-        raise UsageError(
-            f"--deadline {deadline_s:g}s is shorter than one host's own limits "
-            f"(connect + auth + command timeouts = {budget:g}s): "
-            "lower --timeout or raise --deadline"
-        )
-    return deadline_s
-
-
-def host_budget(options: ExecOptions) -> float:
-    """The longest one host can take once started: every phase is bounded by these."""
-    return options.connect_timeout + options.auth_timeout + options.command_timeout
-
-
-def default_deadline(options: ExecOptions, host_count: int) -> float:
-    per_host = host_budget(options)
-    waves = max(1, math.ceil(host_count / ASSUMED_SLOTS))
-    return per_host * waves + 60.0
 
 
 def task_host(host: Host) -> dict[str, Any]:
@@ -106,16 +57,21 @@ def queue_for(host: Host, *, embedded: bool) -> str:
 
 
 def submit_run(
-    store: RunStore, request: RunRequest, *, settings: Settings, run_id: str | None = None
+    store: RunStore,
+    request: RunRequest,
+    *,
+    settings: Settings,
+    deadline_s: float,
+    run_id: str | None = None,
 ) -> RunRecord:
-    """Record the run and publish its canvas. Raises `BackendError`, `UsageError`."""
+    """Record the run and publish its canvas; `deadline_s` (seconds) comes from
+    `fleet.lifecycle.run_deadline_s`. Raises `BackendError`, `UsageError`."""
     from fleet.celery import app_for
 
     app = app_for(settings)
 
     if not request.hosts:
         raise UsageError("no hosts to run on")
-    deadline_s = run_deadline_s(request)
     embedded = settings.is_embedded
     if not embedded:
         check_broker(app, settings)
@@ -161,11 +117,8 @@ def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: An
     if app is None:
         from fleet.celery import app
     expires = datetime.fromtimestamp(run.deadline, UTC)
-    options = request.options.to_dict()
-    if not embedded:
-        # Paths on the submitter's machine mean nothing on a worker's (tasks.py).
-        for local_file in MACHINE_LOCAL_OPTIONS:
-            options.pop(local_file, None)
+    # Paths on the submitter's machine mean nothing on a worker's (fleet.worker).
+    options = request.options.to_message()
     members = [
         app.signature(
             RUN_ON_HOST,
@@ -313,15 +266,3 @@ def _epoch(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return time.time()
-
-
-def report_for(store: RunStore, run_id: str) -> RunReport:
-    """The run's report: final if finished, else what is known so far (`fleet report`)."""
-    report = store.load_report(run_id)
-    if report is not None and report.is_complete:
-        return report
-    final = finalize_run(store, run_id)
-    if final is not None:
-        return final
-    run = store.get_run(run_id)
-    return RunReport.assemble(run, list(store.results(run_id).values()))

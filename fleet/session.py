@@ -1,6 +1,8 @@
-"""`RunSession`: a store, and in embedded mode an in-process worker, for submitting runs.
+"""`RunSession`: the one door from the CLI and the Python API to runs and their history.
 
-Used by the CLI and the Python API alike, so both behave the same.
+Submit, follow, report, list and cancel all go through it, so both behave the same. A
+context manager: it closes what it opened (the run store's connections, and in
+embedded mode the in-process worker).
 """
 
 from __future__ import annotations
@@ -9,19 +11,26 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 
-from fleet.jobs import cancel_run
+from fleet.lifecycle import RunRequest, cancel_run, run_deadline_s, settle_run
 from fleet.results import RunRecord, RunReport
-from fleet.runs import Progress, RunRequest, follow_run, run_deadline_s, submit_run
+from fleet.runs import Progress, follow_run, submit_run
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
 
 
 class RunSession:
+    """Runs for one set of settings. Raises `ConfigError`/`BackendError` when its store
+    cannot be opened; each method raises what its `fleet.lifecycle`/`fleet.runs`
+    counterpart does."""
+
     def __init__(self, settings: Settings, store: RunStore | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings)
         self._stack = ExitStack()
+        if store is None:  # closed here only if opened here
+            store = open_store(settings)
+            self._stack.callback(store.close)
+        self.store = store
         self._worker_started = False
 
     @property
@@ -35,16 +44,19 @@ class RunSession:
 
     def _ensure_worker(self) -> None:
         if self.is_embedded and not self._worker_started:
-            from fleet.celery import embedded_worker, use_store
+            from fleet.embedded import embedded_worker
 
-            use_store(self.store)
-            self._stack.enter_context(embedded_worker(self.settings))
+            self._stack.enter_context(embedded_worker(self.settings, self.store))
             self._worker_started = True
 
     def submit(self, request: RunRequest, run_id: str | None = None) -> RunRecord:
-        run_deadline_s(request)  # refuse a bad request before starting anything
+        """Record and publish a run. Its deadline is decided here, once, before anything
+        starts (`fleet.lifecycle.run_deadline_s`)."""
+        deadline_s = run_deadline_s(request)
         self._ensure_worker()
-        return submit_run(self.store, request, settings=self.settings, run_id=run_id)
+        return submit_run(
+            self.store, request, settings=self.settings, deadline_s=deadline_s, run_id=run_id
+        )
 
     def follow(
         self,
@@ -54,7 +66,20 @@ class RunSession:
     ) -> RunReport | None:
         return follow_run(self.store, run_id, on_progress=on_progress, timeout=timeout)
 
+    def report(self, run_id: str) -> RunReport:
+        """The run's report, finishing the run first if it is due (`settle_run`)."""
+        return settle_run(self.store, run_id)
+
+    def list_reports(self, limit: int, host: str | None = None) -> list[RunReport]:
+        """The newest runs' reports, newest first; runs past their deadline are finished
+        on the way, so the state shown agrees with the counts."""
+        return [self.report(r.run_id) for r in self.store.list_runs(limit=limit, host=host)]
+
+    def run_state(self, run_id: str) -> str:
+        return self.store.get_run(run_id).state
+
     def cancel(self, run_id: str) -> bool:
+        """True if the run was running and is now cancelled."""
         return cancel_run(self.store, run_id)
 
     def close(self) -> None:

@@ -97,6 +97,10 @@ class Settings:
         return settings
 
 
+#: Every default, in one place: other modules read theirs from here.
+DEFAULTS = Settings()
+
+
 def _replace(settings: Settings, **changes: Any) -> Settings:
     data = {f.name: getattr(settings, f.name) for f in fields(settings)}
     data.update(changes)

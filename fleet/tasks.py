@@ -1,17 +1,15 @@
-"""Celery tasks: thin adapters over `fleet.jobs` (decode, call, encode)."""
+"""Celery tasks: thin adapters over `fleet.lifecycle` (decode, call, encode)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from celery import Task, shared_task
 
-from fleet.celery import worker_settings, worker_store
-from fleet.command import ExecOptions
 from fleet.execute import execute
 from fleet.inventory.hosts import Host
-from fleet.jobs import finalize_run, run_host_job
+from fleet.lifecycle import finalize_run, run_host_job
+from fleet.worker import exec_options, worker_store
 
 RUN_ON_HOST = "fleet.run_on_host"
 AGGREGATE = "fleet.aggregate"
@@ -29,7 +27,7 @@ def run_on_host(
         run_id,
         Host.from_dict(host),
         command,
-        _with_local_files(ExecOptions.from_dict(options)),
+        exec_options(options),
         worker=str(self.request.hostname or "unknown"),
         execute=execute,
     )
@@ -42,18 +40,3 @@ def aggregate(_results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     # (a duplicated delivery may have returned `interrupted` for a host that is fine).
     report = finalize_run(worker_store(), run_id)
     return {"run_id": run_id, "finished": report is not None}
-
-
-def _with_local_files(options: ExecOptions) -> ExecOptions:
-    """The submitter's timeouts and policy with this worker's own known_hosts and ssh
-    config: those files live where the keys do, on the worker's machine."""
-    settings = worker_settings()
-    if settings.is_embedded:  # the submitter's own process: its files are these
-        return options
-    local = ExecOptions.from_settings(settings)
-    return replace(
-        options,
-        known_hosts=local.known_hosts,
-        user_known_hosts=local.user_known_hosts,
-        ssh_config=local.ssh_config,
-    )

@@ -13,7 +13,7 @@ import threading
 import time
 
 from fleet.errors import FleetError
-from fleet.jobs import finalize_run
+from fleet.lifecycle import finalize_run
 from fleet.store.protocol import RunStore
 
 #: Newest runs looked at per sweep: overdue runs are recent (deadlines are at most 11 h).

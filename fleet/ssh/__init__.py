@@ -20,6 +20,7 @@ from fleet.command import CappedBuffer, Clock, ExecOptions, build_invocation
 from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
+from fleet.settings import DEFAULTS
 from fleet.ssh import sftp
 from fleet.ssh.command import StartTimeout, run_channel, start_command
 from fleet.ssh.connect import Connector
@@ -43,7 +44,7 @@ T = TypeVar("T")
 _default: ConnectionPool | None = None
 _default_pid = 0
 _default_lock = threading.Lock()
-_default_config: tuple[int, float] = (256, 300.0)
+_default_config: tuple[int, float] = (DEFAULTS.pool_size, DEFAULTS.pool_idle_ttl)
 
 
 def default_pool() -> ConnectionPool:

@@ -31,6 +31,7 @@ import paramiko
 
 from fleet.command import ExecOptions
 from fleet.results import Status
+from fleet.settings import DEFAULTS
 from fleet.ssh.connect import Connector
 from fleet.ssh.errors import ConnectFailure, SessionRefused
 from fleet.ssh.hostkeys import HostKeyPolicy
@@ -76,8 +77,8 @@ class ConnectionPool:
         self,
         connector: Connector | None = None,
         *,
-        max_size: int = 256,
-        idle_ttl: float = 300.0,
+        max_size: int = DEFAULTS.pool_size,
+        idle_ttl: float = DEFAULTS.pool_idle_ttl,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connector = connector or Connector()

@@ -25,7 +25,7 @@ from redis.retry import Retry
 from fleet.errors import BackendError, ConfigError, RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
-from fleet.settings import DAY, redact_url
+from fleet.settings import DEFAULTS, redact_url
 from fleet.store import keys
 from fleet.store.protocol import RUNNING, not_found_message, result_event
 
@@ -60,8 +60,8 @@ class RedisRunStore:
         self,
         client: redis.Redis,
         *,
-        prefix: str = "fleet",
-        retention: int = 7 * DAY,
+        prefix: str = DEFAULTS.prefix,
+        retention: int = DEFAULTS.retention,
         url_for_messages: str | None = None,
         ping_client: redis.Redis | None = None,
     ) -> None:
@@ -79,7 +79,7 @@ class RedisRunStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "fleet", retention: int = 7 * DAY
+        cls, url: str, *, prefix: str = DEFAULTS.prefix, retention: int = DEFAULTS.retention
     ) -> RedisRunStore:
         """A store on the Redis at `url`. Raises `ConfigError` if the URL is not a Redis URL.
 

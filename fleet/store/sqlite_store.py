@@ -21,7 +21,7 @@ from typing import Any
 from fleet.errors import BackendError, RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
-from fleet.settings import DAY
+from fleet.settings import DEFAULTS
 from fleet.store.keys import dumps, epoch, hosts_from_json, hosts_json
 from fleet.store.protocol import RUNNING, not_found_message, result_event
 
@@ -70,7 +70,7 @@ _RUN_TABLES = ("run_hosts", "claims", "results", "events")
 class SqliteRunStore:
     """Run history in one SQLite file. Thread-safe."""
 
-    def __init__(self, path: str | Path, *, retention: int = 7 * DAY) -> None:
+    def __init__(self, path: str | Path, *, retention: int = DEFAULTS.retention) -> None:
         self._path = str(path)
         self._retention = int(retention)
         self._lock = threading.Lock()

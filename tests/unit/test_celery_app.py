@@ -173,8 +173,9 @@ def test_task_messages_carry_no_paths_of_the_submitters_machine() -> None:
 
     from fleet.command import ExecOptions
     from fleet.inventory.hosts import Host
+    from fleet.lifecycle import RunRequest
     from fleet.results import RunRecord, utc_now
-    from fleet.runs import RunRequest, build_canvas
+    from fleet.runs import build_canvas
 
     options = ExecOptions(known_hosts="/home/op/kh", ssh_config="/home/op/cfg", command_timeout=7)
     request = RunRequest("uptime", "web", (Host("web01", "10.0.0.1"),), options)

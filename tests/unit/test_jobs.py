@@ -1,4 +1,4 @@
-"""fleet.jobs against a real SQLite run store and a scripted execute function."""
+"""fleet.lifecycle against a real SQLite run store and a scripted execute function."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from fleet.command import ExecOptions
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
-from fleet.jobs import cancel_run, finalize_run, run_host_job
+from fleet.lifecycle import cancel_run, finalize_run, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.store.sqlite_store import SqliteRunStore
 

@@ -12,15 +12,11 @@ import pytest
 from fleet.command import ExecOptions
 from fleet.errors import BackendError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
-from fleet.jobs import run_host_job
+from fleet.lifecycle import ASSUMED_SLOTS, RunRequest, default_deadline, new_run_id, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.runs import (
-    ASSUMED_SLOTS,
-    RunRequest,
     build_canvas,
-    default_deadline,
     follow_run,
-    new_run_id,
     queue_for,
     task_host,
 )

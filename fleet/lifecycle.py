@@ -1,23 +1,38 @@
-"""The work behind the Celery tasks, as plain functions over a run store.
+"""One run's life, as plain functions over a run store: no Celery here.
 
-`run_host_job` is what one per-host task does; `finalize_run` turns whatever the
-store holds into a finished run. Neither imports Celery, so both are tested with
-an SQLite store and a scripted execute function.
+- the request and its deadline policy (`RunRequest`, `run_deadline_s`): how long a run
+  may take, decided once, before anything is published;
+- a host's fate (`run_host_job`): the claim first, then the command, then the result;
+  whoever holds a host's claim alone decides its status;
+- the end (`finalize_run`, `cancel_run`, `settle_run`): hosts without a result become
+  `lost` past the deadline, or `cancelled`.
+
+The Celery tasks (`fleet.tasks`) are thin adapters over these; the unit tests call them
+with an SQLite store and a scripted execute function.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
+from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
-from fleet.errors import BackendError, RunNotFoundError
-from fleet.inventory.hosts import Host
+from fleet.errors import BackendError, RunNotFoundError, UsageError
+from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.results import HostResult, RunReport, Status, utc_now
 from fleet.store.protocol import RunStore
+
+#: Slots assumed when sizing a default deadline for many hosts.
+ASSUMED_SLOTS = 64
+#: No run may outlast the broker's redelivery of unacked messages (fleet.celery_config).
+MAX_DEADLINE_S = MAX_RUN_DEADLINE_S
 
 ExecuteFn = Callable[[Host, str, ExecOptions], HostResult]
 
@@ -32,6 +47,46 @@ SAVE_RETRY_FIRST_DELAY_S = 0.2
 SAVE_RETRY_MAX_DELAY_S = 2.0
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    command: str
+    pattern: str
+    hosts: tuple[Host, ...]
+    options: ExecOptions
+    deadline_s: float | None = None  # None: derived from the timeouts and the host count
+
+
+def new_run_id() -> str:
+    """Sortable by time, short enough to type: 20261123-221807-3fa9c2."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def run_deadline_s(request: RunRequest) -> float:
+    """Seconds the run may take. Raises `UsageError` for a deadline no host could meet."""
+    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
+    if deadline_s > MAX_DEADLINE_S:
+        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
+    budget = host_budget(request.options)
+    if deadline_s < budget:
+        raise UsageError(
+            f"--deadline {deadline_s:g}s is shorter than one host's own limits "
+            f"(connect + auth + command timeouts = {budget:g}s): "
+            "lower --timeout or raise --deadline"
+        )
+    return deadline_s
+
+
+def host_budget(options: ExecOptions) -> float:
+    """The longest one host can take once started: every phase is bounded by these."""
+    return options.connect_timeout + options.auth_timeout + options.command_timeout
+
+
+def default_deadline(options: ExecOptions, host_count: int) -> float:
+    per_host = host_budget(options)
+    waves = max(1, math.ceil(host_count / ASSUMED_SLOTS))
+    return per_host * waves + 60.0
 
 
 def run_host_job(
@@ -160,7 +215,7 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
 
 
 def _never_started(host: Host | None) -> str:
-    queue = (host.queue if host else None) or "fleet"
+    queue = (host.queue if host else None) or DEFAULT_QUEUE
     return (
         "never started by the run deadline: no worker took its task "
         f"(is a worker consuming queue '{queue}'?)"
@@ -174,3 +229,16 @@ def cancel_run(store: RunStore, run_id: str) -> bool:
         store.add_event(run_id, {"type": "cancelled"})
         finalize_run(store, run_id)
     return changed
+
+
+def settle_run(store: RunStore, run_id: str) -> RunReport:
+    """Finish the run if it can be finished now (`finalize_run`), then return its report:
+    final once finished, else what is known so far (`fleet report`, `fleet runs`)."""
+    report = store.load_report(run_id)
+    if report is not None and report.is_complete:
+        return report
+    final = finalize_run(store, run_id)
+    if final is not None:
+        return final
+    run = store.get_run(run_id)
+    return RunReport.assemble(run, list(store.results(run_id).values()))

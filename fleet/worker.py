@@ -1,0 +1,144 @@
+"""A worker process's own side: its settings, its store, its files, its start and stop.
+
+What a worker trusts is configured once, when it starts, from its own environment
+(`worker_settings`): the run store it writes to, its known_hosts and ssh config
+(`exec_options` puts them under every task's options; a task message never carries a
+path of the submitter's machine), its SSH pool and its watchdog. fleet's in-process
+worker (`fleet.embedded`) attaches the submitting session's settings and store instead.
+
+The Celery signal handlers below are connected when `fleet.celery` is imported, so a
+worker started as ``celery -A fleet worker`` runs them; they hold no other logic.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.utils.log import get_logger
+
+from fleet import celery_config
+from fleet.command import ExecOptions
+from fleet.errors import ConfigError
+from fleet.settings import Settings
+from fleet.store import open_store
+from fleet.store.protocol import RunStore
+
+log = get_logger(__name__)
+
+_lock = threading.Lock()
+_attached: Settings | None = None
+_store: tuple[int, RunStore] | None = None
+
+
+def worker_settings() -> Settings:
+    """This worker's settings: its environment, resolved once (or the embedded session's)."""
+    return _attached if _attached is not None else _environment_settings()
+
+
+@functools.cache
+def _environment_settings() -> Settings:
+    return Settings.load()
+
+
+def worker_store() -> RunStore:
+    """The run store of this worker process, opened once (and again after a fork)."""
+    global _store
+    with _lock:
+        if _store is None or _store[0] != os.getpid():
+            _store = (os.getpid(), open_store(worker_settings()))
+        return _store[1]
+
+
+def attach(settings: Settings, store: RunStore) -> None:
+    """Serve tasks in this process with `settings` and `store` (the embedded worker)."""
+    global _attached, _store
+    with _lock:
+        _attached = settings
+        _store = (os.getpid(), store)
+
+
+def exec_options(message: dict[str, Any]) -> ExecOptions:
+    """A task message's options with this worker's own known_hosts and ssh config."""
+    return ExecOptions.from_dict(message).with_machine_files(_machine_files(worker_settings()))
+
+
+@functools.cache
+def _machine_files(settings: Settings) -> ExecOptions:
+    return ExecOptions.from_settings(settings)
+
+
+def _is_embedded_worker(sender: Any) -> bool:
+    return bool(getattr(sender, "fleet_embedded", False))
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _check_worker_start(sender: Any = None, **_: Any) -> None:
+    # A `celery worker` without a broker URL would consume a queue in its own memory
+    # that no `fleet run` can reach. fleet's in-process worker is the exception.
+    if _is_embedded_worker(sender):
+        return
+    settings = worker_settings()
+    if settings.is_embedded:
+        raise SystemExit(
+            "fleet: no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) "
+            "to run a worker"
+        )
+    try:
+        settings.require_result_backend()
+    except ConfigError as exc:
+        raise SystemExit(f"fleet: {exc}") from None
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _configure_child(**_: Any) -> None:
+    # A prefork child: its own SSH pool, sized from the settings (nothing crosses a fork).
+    _configure_pool(worker_settings())
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _at_ready(sender: Any = None, **_: Any) -> None:
+    controller = getattr(sender, "controller", sender)
+    if _is_embedded_worker(controller):
+        return
+    _say_weakened_settings(sender, controller)
+    # Open the store and load the SSH layer before the first task, not inside it: a cold
+    # worker's first tasks otherwise all pay for imports and connections at once.
+    settings = worker_settings()
+    store = worker_store()
+    _configure_pool(settings)
+    from fleet.watchdog import Watchdog
+
+    Watchdog(store, settings.watchdog_interval).start()
+
+
+def _configure_pool(settings: Settings) -> None:
+    from fleet.ssh import configure_default_pool
+
+    configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
+
+
+def _say_weakened_settings(consumer: Any, controller: Any) -> None:
+    # At ready, not init: the worker's logging is set up by then, so the line lands in
+    # its log beside the banner.
+    refused = getattr(getattr(consumer, "app", None), "fleet_refused_settings", [])
+    if refused:
+        log.warning(celery_config.refusal_line(refused))
+    multiplier = getattr(controller, "prefetch_multiplier", 1)
+    if multiplier != 1:  # an explicit --prefetch-multiplier: taken, but not silently
+        log.warning(
+            "fleet: --prefetch-multiplier %s: each busy slot may hold %s other hosts' "
+            "messages while other workers sit idle (fleet's setting is 1)",
+            multiplier,
+            multiplier - 1,
+        )
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_connections(**_: Any) -> None:
+    from fleet.ssh import close_default_pool
+
+    close_default_pool()
