@@ -5,13 +5,15 @@ Printed raw, ``\\x1b]0;...`` retitles the terminal, ``\\x1b[2J`` clears it, ``\\
 overwrites what came before on the line and a bidi override (U+202E) shows text
 in another order than it is stored. Every string a host gave us (output, error
 messages, even its name, which comes from an inventory someone else may edit) goes
-through `make_visible` (multi-line text) or `make_visible_line` (one table cell)
-before it reaches a terminal, a report file or a log.
+through `make_visible` (multi-line text) or `make_visible_line` (one table cell, one
+message line) before it reaches a terminal, a report file or a log; `show_value`
+quotes a value from a file (an inventory key or value) for a one-line message.
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 
 # C0 controls except \t and \n, DEL, C1 controls (\x9b is a one-byte CSI on some
 # terminals), the bidi embeddings/overrides/isolates, and lone surrogates (which
@@ -53,3 +55,15 @@ def make_visible_line(text: str) -> str:
 def has_unsafe(text: str) -> bool:
     """True when `make_visible` would change `text`."""
     return _UNSAFE.search(text) is not None
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlevel, _repr.maxlist, _repr.maxdict = 2, 4, 3
+
+
+def show_value(value: object) -> str:
+    """`value` quoted for a one-line message (a file's key or value): its repr, at most
+    about 60 characters, with any control character escaped."""
+    text = make_visible_line(_repr.repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."

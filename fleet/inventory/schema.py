@@ -7,14 +7,13 @@ with its key path, so that the user sees every problem in one go.
 
 from __future__ import annotations
 
-import re
-import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import InventoryProblem, PatternError
-from fleet.inventory.hosts import KNOWN_HOST_VARS
 from fleet.inventory.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
+from fleet.inventory.values import VAR_CHECKS, json_problem, seconds
+from fleet.textsafe import show_value
 
 #: Hosts listed across the file once ranges are expanded (a host listed in two groups
 #: counts twice). Counted before anything is expanded: a larger file is refused.
@@ -28,19 +27,6 @@ SECRET_KEYS = frozenset(
     {"password", "become_password", "ansible_password", "ansible_become_password",
      "ansible_ssh_pass", "ansible_become_pass", "ssh_pass"}
 )  # fmt: skip
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = 60
-_repr.maxlevel, _repr.maxlist, _repr.maxdict = 2, 4, 3
-
-
-def show(value: object) -> str:
-    """`value` for a one-line message: repr (control characters escaped), ~60 chars."""
-    text = _repr.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +50,8 @@ def join_path(path: str, key: object) -> str:
     text = key if isinstance(key, str) else str(key)
     # isprintable() is false for every whitespace but " ": one C-speed pass, no loop
     if not text or len(text) > 100 or not text.isprintable() or " " in text:
-        text = show(text)
+        text = show_value(text)
     return f"{path}.{text}" if path else text
-
-
-def printable(text: str) -> str:
-    """`text` on one line, with control characters escaped (for library messages we pass on)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(slots=True)
@@ -108,7 +89,9 @@ class _SchemaChecker:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            self.add("", f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {show(data)}")
+            self.add(
+                "", f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {show_value(data)}"
+            )
             return InventorySpec({}, {}, {})
         self.unknown_keys(data, "", TOP_KEYS)
         defaults = self.host_vars(data.get("defaults"), "defaults")
@@ -120,13 +103,13 @@ class _SchemaChecker:
         for key in data:
             if key not in allowed:
                 where = join_path(path, key)
-                self.add(where, f"unknown key {show(key)} (allowed: {', '.join(allowed)})")
+                self.add(where, f"unknown key {show_value(key)} (allowed: {', '.join(allowed)})")
 
     def mapping(self, raw: Any, path: str, what: str) -> dict[Any, Any]:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            self.add(path, f"expected a mapping of {what}, got {show(raw)}")
+            self.add(path, f"expected a mapping of {what}, got {show_value(raw)}")
             return {}
         return raw
 
@@ -135,11 +118,11 @@ class _SchemaChecker:
         for key, value in self.mapping(raw, path, "variables").items():
             where = join_path(path, key)
             if not isinstance(key, str) or not key:
-                self.add(where, f"variable names must be non-empty strings, got {show(key)}")
+                self.add(where, f"variable names must be non-empty strings, got {show_value(key)}")
             elif key in SECRET_KEYS:
                 self.add(where, "no secrets in the inventory: it travels in task messages; "
                          "use password_env: NAME (a variable set on the workers)")  # fmt: skip
-            elif problem := _VAR_CHECKS.get(key, _json_problem)(value):
+            elif problem := VAR_CHECKS.get(key, json_problem)(value):
                 self.add(where, problem)
             else:
                 checked[key] = value
@@ -168,7 +151,7 @@ class _SchemaChecker:
         group = GroupSpec()
         if body is not None and not isinstance(body, dict):
             keys = ", ".join(GROUP_KEYS)
-            self.add(path, f"expected a mapping with keys {keys}, got {show(body)}")
+            self.add(path, f"expected a mapping with keys {keys}, got {show_value(body)}")
             return group
         body = body or {}
         self.unknown_keys(body, path, GROUP_KEYS)
@@ -179,10 +162,12 @@ class _SchemaChecker:
             group.vars.update(self.host_vars({"queue": body["queue"]}, path))
         children = body.get("children")
         if children is not None and not isinstance(children, list):
-            self.add(path + ".children", f"expected a list of group names, got {show(children)}")
+            self.add(
+                path + ".children", f"expected a list of group names, got {show_value(children)}"
+            )
         for child in children if isinstance(children, list) else ():
             if not isinstance(child, str):
-                self.add(path + ".children", f"expected a group name, got {show(child)}")
+                self.add(path + ".children", f"expected a group name, got {show_value(child)}")
             elif child in group.children:
                 self.add(path + ".children", f"group {child!r} listed twice")
             else:
@@ -220,7 +205,9 @@ class _SchemaChecker:
             return True
         here, path, key, big = worst
         if big > MAX_HOSTS:
-            self.add(path, f"{show(key)} expands to {_shown_count(big)} hosts (limit {MAX_HOSTS})")
+            self.add(
+                path, f"{show_value(key)} expands to {_shown_count(big)} hosts (limit {MAX_HOSTS})"
+            )
         else:
             self.add(path, f"lists {here} hosts once ranges are expanded, "
                      f"{_shown_count(total)} in the whole file (limit {MAX_HOSTS})")  # fmt: skip
@@ -232,7 +219,7 @@ class _SchemaChecker:
         for key, value in self.mapping(raw, path, "host names to host vars").items():
             where = join_path(path, key)
             if not isinstance(key, str):
-                self.add(where, f"host names must be strings, got {show(key)} (quote it)")
+                self.add(where, f"host names must be strings, got {show_value(key)} (quote it)")
                 continue
             try:
                 names = expand_hosts(key)
@@ -247,7 +234,11 @@ class _SchemaChecker:
                     group.hosts[name] = host_vars
                     origin[name] = key
         for (first, second), names in twice.items():
-            what = f"{show(first)} and {show(second)}" if first != second else show(first)
+            what = (
+                f"{show_value(first)} and {show_value(second)}"
+                if first != second
+                else show_value(first)
+            )
             self.add(path, f"host {fold_hosts(names)} listed twice ({what})")
 
     def check_children(self, groups: dict[str, GroupSpec]) -> None:
@@ -289,7 +280,7 @@ class _SchemaChecker:
                 continue
             if not isinstance(body, dict):
                 self.add(path, f"expected a mapping with keys {', '.join(SCHEDULE_KEYS)}, "
-                         f"got {show(body)}")  # fmt: skip
+                         f"got {show_value(body)}")  # fmt: skip
                 continue
             self.unknown_keys(body, path, SCHEDULE_KEYS)
             before = len(self.problems)
@@ -299,114 +290,25 @@ class _SchemaChecker:
             command, group = body.get("command", ""), body.get("group", "")
             for key, value in (("command", command), ("group", group)):
                 if key in body and (not isinstance(value, str) or not value.strip()):
-                    self.add(f"{path}.{key}", f"expected a non-empty string, got {show(value)}")
-            every = _seconds(body.get("every", 1))
+                    self.add(
+                        f"{path}.{key}", f"expected a non-empty string, got {show_value(value)}"
+                    )
+            every = seconds(body.get("every", 1))
             if every is None or every != int(every):
                 expected = "a duration like 30s, 5m, 1h, 1d or whole seconds"
-                self.add(f"{path}.every", f"expected {expected}, got {show(body['every'])}")
+                self.add(f"{path}.every", f"expected {expected}, got {show_value(body['every'])}")
             timeout = body.get("timeout")
-            if timeout is not None and _seconds(timeout) is None:
-                self.add(f"{path}.timeout", f"expected seconds or a duration, got {show(timeout)}")
+            if timeout is not None and seconds(timeout) is None:
+                self.add(
+                    f"{path}.timeout", f"expected seconds or a duration, got {show_value(timeout)}"
+                )
             if len(self.problems) == before:
                 schedules[name] = Schedule(
                     name, command, group, int(every or 0),
-                    None if timeout is None else _seconds(timeout),
+                    None if timeout is None else seconds(timeout),
                 )  # fmt: skip
         return schedules
 
 
 def _shown_count(count: int) -> str:
     return str(count) if count <= COUNT_CAP else f"more than {COUNT_CAP}"
-
-
-def _seconds(value: Any) -> float | None:
-    """Seconds in a positive number or a duration like ``90s``, ``5m``, ``1h30m``, ``1d``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if 0 < value < float("inf") else None
-    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())) and value.strip():
-        days, hours, minutes, secs = (int(g or 0) for g in match.groups())
-        total = ((days * 24 + hours) * 60 + minutes) * 60 + secs
-        return float(total) if total > 0 else None
-    return None
-
-
-def _token(value: Any) -> str | None:
-    if (
-        isinstance(value, str)
-        and value
-        and not value.startswith("-")
-        and all(c.isprintable() and not c.isspace() for c in value)
-    ):
-        return None
-    return f"expected a string without spaces, control characters or leading '-', got {show(value)}"
-
-
-def _path_value(value: Any) -> str | None:
-    if isinstance(value, str) and value and value.isprintable():
-        return None
-    return f"expected a file path, got {show(value)}"
-
-
-def _port(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
-        return None
-    return f"expected an integer 1-65535, got {show(value)}"
-
-
-def _connection(value: Any) -> str | None:
-    return None if value in ("ssh", "local") else f"expected 'ssh' or 'local', got {show(value)}"
-
-
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"expected true or false, got {show(value)}"
-
-
-def _env_name(value: Any) -> str | None:
-    if isinstance(value, str) and _ENV_NAME.fullmatch(value):
-        return None
-    # The value is not shown: a user may have put the password itself here.
-    return "expected the NAME of an environment variable on the workers, like DB_PASSWORD"
-
-
-def _env(value: Any) -> str | None:
-    if not isinstance(value, dict):
-        return f"expected a mapping of variable names to strings, got {show(value)}"
-    for key, item in value.items():
-        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
-            return f"{show(key)} is not an environment variable name"
-        if not isinstance(item, str) or "\0" in item:
-            return f"{key}: expected a string (quote numbers), got {show(item)}"
-    return None
-
-
-def _json_problem(value: Any) -> str | None:
-    """Free vars travel in JSON task messages: dates, sets or bytes could not."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return None
-    if isinstance(value, list):
-        return next((p for p in map(_json_problem, value) if p), None)
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return next((p for p in map(_json_problem, value.values()) if p), None)
-    return (
-        "expected a string, number, boolean, null, list or mapping with string keys, "
-        f"got {show(value)}"
-    )
-
-
-_VAR_CHECKS = {
-    "address": _token,
-    "port": _port,
-    "user": _token,
-    "identity_file": _path_value,
-    "password_env": _env_name,
-    "connection": _connection,
-    "jump": _token,
-    "queue": _token,
-    "become": _bool,
-    "become_user": _token,
-    "become_password_env": _env_name,
-    "env": _env,
-}
-assert set(_VAR_CHECKS) == KNOWN_HOST_VARS  # a new Host field needs its check here

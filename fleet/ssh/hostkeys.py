@@ -13,10 +13,12 @@ marker for a host name, then fails to decode the key and raises out of
 Names are looked up exactly as `host_key_name` spells them (`[addr]:port` off
 port 22); there is no fallback to the port-less name.
 
-A fleet looks up every host of a run in the same files, so each parsed file
-version carries an index: plain names in a dict, wildcard and negated patterns
-compiled once at parse time, hashed names decoded once (one HMAC per hashed
-line per lookup), and each host's answer remembered for that file version.
+A run looks up every one of its hosts in the same files, so each parsed file
+version carries an index (`_Section`): plain names in a dict, wildcard and negated
+patterns compiled once at parse time, hashed names decoded once, and each host's
+answer remembered for that file version, so a host costs one HMAC per hashed line
+the first time it is looked up and a dict lookup after that. Matching lines are
+always returned in file order.
 """
 
 from __future__ import annotations

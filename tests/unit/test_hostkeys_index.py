@@ -14,6 +14,8 @@ import hmac
 import os
 import random
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import paramiko
@@ -138,7 +140,7 @@ def test_hashed_lookups_are_remembered_per_file_version(
         calls += 1
         return real(key, msg, digest)
 
-    monkeypatch.setattr(hostkeys.hmac, "digest", counting)
+    monkeypatch.setattr(hmac, "digest", counting)  # the module fleet.ssh.hostkeys calls
     p = policy(kh)
     assert known(kh, "host7") == [KEYS[7 % 6].get_base64()]
     assert calls == 50  # one HMAC per hashed line, salts decoded at parse time
@@ -360,3 +362,32 @@ def test_index_gives_the_reference_answers(kh: Path) -> None:
             seen_hits += len(want) > 1
             seen_revoked += bool(want_revoked)
     assert seen_hits > 50 and seen_revoked > 10  # the file exercises many-line answers
+
+
+def openssh(path: Path, host: str) -> tuple[list[str], list[str]]:
+    """`ssh-keygen -F`'s answer (OpenSSH's own matcher): key blobs of plain and @revoked lines."""
+    out = subprocess.run(
+        ["ssh-keygen", "-F", host, "-f", str(path)], capture_output=True, text=True, check=False
+    ).stdout
+    lines = path.read_text().splitlines()
+    plain: list[str] = []
+    revoked: list[str] = []
+    for found in re.finditer(r"^# Host .* found: line (\d+) ?(\w*)$", out, re.MULTILINE):
+        blob = lines[int(found[1]) - 1].split(" ")[-1]
+        {"": plain, "REVOKED": revoked}.get(found[2], []).append(blob)  # CA lines: not used
+    return plain, revoked
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
+def test_index_gives_openssh_answers(kh: Path) -> None:
+    text, hosts = _generated(random.Random(7))
+    kh.write_text(text)
+    p = policy(kh)
+    # ssh lower-cases the host name before looking it up (and before hashing it).
+    names = sorted({h.lower() for h in hosts if h})
+    revoked = 0
+    for host in random.Random(7).sample(names, 120):
+        want = openssh(kh, host)
+        assert (blobs(p.known_keys(host)), blobs(p.revoked_keys(host))) == want, host
+        revoked += bool(want[1])
+    assert revoked > 10

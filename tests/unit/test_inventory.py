@@ -18,7 +18,7 @@ from fleet.inventory.loader import (
     load_inventory,
     parse_inventory,
 )
-from fleet.inventory.schema import show
+from fleet.textsafe import show_value as show
 
 #: Bound of the "refused quickly" checks: a hang guard, not a benchmark (walking the
 #: refused files would take minutes; CI machines are slow and shared).
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(params=["libyaml", "python"])
 def both_parsers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a test on libyaml's event parser and on PyYAML's pure-Python fallback."""
-    import fleet.inventory.loader as module
+    import fleet.inventory.safe_yaml as module
 
     if request.param == "python":
         monkeypatch.setattr(module, "_LOADER", module._PyLoader)
