@@ -102,7 +102,7 @@ def negotiated_kex(fleet: SSHFleet) -> tuple[str, str]:
     fleet's Connector changes only the host key algorithms, so a plain Transport with
     default security options negotiates what fleet's workers negotiate.
     """
-    host = fleet.inventory.hosts[0]
+    host = fleet.hosts[0]
     logger = logging.getLogger("bench.kex")
     names: list[str] = []
 

@@ -194,7 +194,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         kex, engine = negotiated_kex(fleet)
         default_kex = openssh_default_kex()
-        hosts = fleet.inventory.hosts
+        hosts = fleet.hosts
         c = args.concurrency
         # Warm the page cache (ssh binary, python imports), not any connection.
         run_openssh(fleet, hosts[: min(8, n)], kex, c)

@@ -114,10 +114,10 @@ def test_unknown_host_key_is_rejected(ssh_fleet: SSHFleet, tmp_path: Path) -> No
 
 def test_twenty_hosts_over_several_sshd_processes(make_ssh_fleet: MakeFleet) -> None:
     fleet = make_ssh_fleet(20)
-    assert len(fleet.inventory.hosts) == 20
+    assert len(fleet.hosts) == 20
     assert len(fleet.pids()) >= 2
     assert len({h.address for h in fleet.inventory.hosts}) == 20
-    for host in fleet.inventory.hosts:
+    for host in fleet.hosts:
         client = _connect(fleet, host)
         try:
             assert _run(client, "echo $SSH_CONNECTION").split()[2] == host.address
@@ -128,7 +128,7 @@ def test_twenty_hosts_over_several_sshd_processes(make_ssh_fleet: MakeFleet) -> 
 def test_impostor_on_same_address_is_rejected(make_ssh_fleet: MakeFleet) -> None:
     fleet = make_ssh_fleet(3, own_key=("h09",))
     target = fleet.host("h09")
-    assert target.host_key_path != fleet.inventory.hosts[0].host_key_path
+    assert target.host_key_path != fleet.hosts[0].host_key_path
     before = fleet.known_hosts.read_text()
     impostor = fleet.start_impostor(target)
     assert (impostor.address, impostor.port) == (target.address, target.port)
@@ -142,7 +142,7 @@ def test_impostor_on_same_address_is_rejected(make_ssh_fleet: MakeFleet) -> None
 
 def test_kill_host_refuses_and_others_keep_serving(make_ssh_fleet: MakeFleet) -> None:
     fleet = make_ssh_fleet(3)
-    down, *others = fleet.inventory.hosts
+    down, *others = fleet.hosts
     live = _connect(fleet, down)
     _, stdout, _ = live.exec_command("echo started; sleep 30")
     assert stdout.readline() == "started\n"

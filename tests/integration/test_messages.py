@@ -40,7 +40,7 @@ def secret_inventory(path: Path, fleet: SSHFleet) -> Path:
             "user": fleet.user,
             "identity_file": str(fleet.client_key),
         }
-        for h in fleet.inventory.hosts
+        for h in fleet.hosts
     }
     group = {"hosts": hosts, "vars": {"password_env": "DB_PASS", "env": {"APP_MODE": "blue"}}}
     path.write_text(yaml.safe_dump({"groups": {"web": group}}))
@@ -224,5 +224,5 @@ def _fleet_hosts(fleet: SSHFleet) -> list[Any]:
             user=fleet.user,
             identity_file=str(fleet.client_key),
         )
-        for h in fleet.inventory.hosts
+        for h in fleet.hosts
     ]

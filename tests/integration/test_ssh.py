@@ -77,7 +77,7 @@ def opts(ssh_fleet: SSHFleet) -> ExecOptions:
 def run(
     fleet: SSHFleet, cmd: str, opts: ExecOptions, pool: ConnectionPool, i: int = 0
 ) -> HostResult:
-    return run_command(make_host(fleet, fleet.inventory.hosts[i]), cmd, opts, pool)
+    return run_command(make_host(fleet, fleet.hosts[i]), cmd, opts, pool)
 
 
 def test_ok_with_exit_code_and_output(
@@ -204,7 +204,7 @@ def test_accept_new_records_once_under_concurrency(ssh_fleet: SSHFleet, tmp_path
 
 def test_impostor_rejected_even_with_accept_new(make_ssh_fleet: Any, tmp_path: Path) -> None:
     fleet: SSHFleet = make_ssh_fleet(1)
-    genuine = fleet.inventory.hosts[0]
+    genuine = fleet.hosts[0]
     impostor = fleet.start_impostor(genuine)
     before = fleet.known_hosts.read_bytes()
     p = ConnectionPool()
