@@ -24,7 +24,6 @@ class Status(StrEnum):
     AUTH_FAILED = "auth_failed"
     HOSTKEY_REJECTED = "hostkey_rejected"
     ERROR = "error"  # anything else that went wrong on the host's side
-    SKIPPED = "skipped"  # not run: an earlier batch crossed --max-fail
     CANCELLED = "cancelled"  # not run: the run was cancelled first
     LOST = "lost"  # no result by the run's deadline (a worker died, a message vanished)
     INTERRUPTED = "interrupted"  # a redelivered task found its host already claimed
@@ -32,11 +31,6 @@ class Status(StrEnum):
     @property
     def is_ok(self) -> bool:
         return self is Status.OK
-
-    @property
-    def did_not_run(self) -> bool:
-        """True when fleet knows the command was never started on the host."""
-        return self in {Status.SKIPPED, Status.CANCELLED}
 
 
 #: Order in which statuses are listed in reports: the worst news first.
@@ -50,7 +44,6 @@ STATUS_ORDER: tuple[Status, ...] = (
     Status.LOST,
     Status.INTERRUPTED,
     Status.CANCELLED,
-    Status.SKIPPED,
     Status.OK,
 )
 
@@ -103,7 +96,7 @@ class HostResult:
 
     @classmethod
     def not_run(cls, host: str, status: Status, error: str, address: str = "") -> HostResult:
-        """A result for a host whose command never produced one (lost, cancelled, skipped)."""
+        """A result for a host whose command never produced one (lost, cancelled)."""
         now = utc_now()
         return cls(host=host, status=status, address=address, error=error, finished_at=now)
 

@@ -22,7 +22,7 @@ from celery.utils.log import get_logger
 
 from fleet import celery_config
 from fleet.command import ExecOptions
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, FleetError
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
@@ -109,6 +109,12 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
     # worker's first tasks otherwise all pay for imports and connections at once.
     settings = worker_settings()
     store = worker_store()
+    try:
+        warning = store.check_server()
+    except FleetError as exc:  # the store is down right now: the tasks will say so
+        warning = f"run store not checked: {exc}"
+    if warning:
+        log.warning("fleet: %s", warning)
     _configure_pool(settings)
     from fleet.watchdog import Watchdog
 

@@ -18,7 +18,7 @@ One JSON document (UTF-8, ending with a newline)::
           "host": "web01",                # only while the run is still going)
           "address": "10.0.0.1",
           "status": "ok",                 # ok failed timeout unreachable auth_failed
-                                          # hostkey_rejected error skipped cancelled lost
+                                          # hostkey_rejected error cancelled lost
                                           # interrupted
           "exit_code": 0,                 # null when the command did not run to an end
           "stdout": "...", "stderr": "...",          # as kept (capped), UTF-8 decoded

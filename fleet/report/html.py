@@ -34,7 +34,6 @@ _COLORS = {
     Status.LOST: "#5d4037",
     Status.INTERRUPTED: "#8d6e63",
     Status.CANCELLED: "#9e9d24",
-    Status.SKIPPED: "#757575",
 }
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }

@@ -27,7 +27,6 @@ _STYLES = dict.fromkeys(Status, _BAD) | {
     Status.LOST: "magenta",
     Status.INTERRUPTED: "magenta",
     Status.CANCELLED: "yellow",
-    Status.SKIPPED: "yellow",
 }
 _SLOWEST_SHOWN = 5
 

@@ -201,7 +201,6 @@ def run_command(
             options.command_timeout,
             stdin_data,
             open_channel=open_kill_channel,
-            started=True,
         )
     except Exception as exc:
         channel.close()

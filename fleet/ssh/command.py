@@ -179,26 +179,17 @@ def run_channel(
     timeout: float,
     stdin_data: bytes | None = None,
     *,
-    start_timeout: float | None = None,
     open_channel: ChannelOpener | None = None,
-    started: bool = False,
 ) -> Outcome:
-    """Run `invocation` on `channel` (already open) until it ends or `timeout` passes.
+    """Follow `invocation` on `channel` (started by `start_command`) until it ends or
+    `timeout` (seconds) passes; then kill it remotely.
 
-    The server must accept the exec request within `start_timeout` (default: the
-    whole `timeout`), else `StartTimeout`. `open_channel(timeout)` opens the channel
-    for a kill after a timeout (default: a session on `transport`). `started`: the
-    channel comes from `start_command`.
+    `open_channel(timeout)` opens the channel for a kill after a timeout (default: a
+    session on `transport`).
     """
     deadline = time.monotonic() + timeout
     marked = _MarkedStdout(stdout)
-    start_within = timeout if start_timeout is None else min(timeout, start_timeout)
     try:
-        if not started:
-            channel.set_combine_stderr(False)
-            bounded_request(
-                channel, lambda: channel.exec_command(remote_line(invocation)), start_within
-            )
         if stdin_data:
             channel.sendall(stdin_data)
         channel.shutdown_write()  # the command sees EOF on stdin at once

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -97,14 +96,6 @@ class ConnectionPool:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
-
-    @contextmanager
-    def lease(self, target: Target, options: ExecOptions) -> Iterator[Lease]:
-        lease = self.acquire(target, options)
-        try:
-            yield lease
-        finally:
-            self.release(lease)
 
     def acquire(self, target: Target, options: ExecOptions, *, avoid: Any = None) -> Lease:
         """A live transport for `target`, connecting if needed. Raises `ConnectFailure`.

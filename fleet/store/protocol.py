@@ -55,9 +55,6 @@ class RunStore(Protocol):
     def claim_host(self, run_id: str, host: str, worker: str) -> bool:
         """Atomically claim a host for this run: True for the first claimer only, ever."""
 
-    def claimed_hosts(self, run_id: str, hosts: Sequence[str]) -> set[str]:
-        """Which of `hosts` have been claimed in this run."""
-
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         """True if the run exists, is `running` and its deadline has not passed."""
 

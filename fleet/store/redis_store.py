@@ -205,20 +205,6 @@ class RedisRunStore:
             )
         return bool(taken)
 
-    def claimed_hosts(self, run_id: str, hosts: Sequence[str]) -> set[str]:
-        names = list(dict.fromkeys(hosts))
-        if not names:
-            return set()
-        with self._guard():
-            found = self._client.exists(*[self._key("claim", run_id, n) for n in names])
-            if found == 0:
-                return set()
-            pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                pipe.exists(self._key("claim", run_id, name))
-            flags = pipe.execute()
-        return {name for name, flag in zip(names, flags, strict=True) if flag}
-
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         if not keys.is_valid_run_id(run_id):
             return False

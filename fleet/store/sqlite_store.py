@@ -182,13 +182,6 @@ class SqliteRunStore:
             )
         return cursor.rowcount == 1
 
-    def claimed_hosts(self, run_id: str, hosts: Sequence[str]) -> set[str]:
-        with self._guard(), self._lock:
-            rows = self._conn.execute(
-                "SELECT host FROM claims WHERE run_id = ?", (run_id,)
-            ).fetchall()
-        return {row[0] for row in rows} & set(hosts)
-
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         with self._guard(), self._lock:
             row = self._fetch_run(run_id)

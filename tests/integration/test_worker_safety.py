@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import redis
 from celery import Celery
 
 from tests.harness.redis_server import RedisServer
@@ -73,3 +74,17 @@ def test_an_explicit_prefetch_multiplier_is_said_at_start(
     assert len(lines) == 1 and "other hosts" in lines[0], worker.log_text()
     quiet = start_worker(name="plain", env=env)
     assert "prefetch" not in quiet.log_text() and "not taken" not in quiet.log_text()
+
+
+def test_a_worker_warns_at_start_when_redis_may_evict_keys(
+    fresh_redis: RedisServer, ssh_fleet: SSHFleet, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(fresh_redis.url)
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+    finally:
+        client.close()
+    env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
+    worker = start_worker(name="evicting", env=env)
+    lines = [line for line in worker.log_text().splitlines() if "maxmemory-policy" in line]
+    assert len(lines) == 1 and "'allkeys-lru'" in lines[0] and "noeviction" in lines[0]

@@ -321,7 +321,7 @@ def test_exit_code() -> None:
     assert render.exit_code(make_report([ok("a"), ok("b")])) == EXIT_OK == 0
     assert render.exit_code(fleet_of_twelve()) == EXIT_HOSTS_FAILED == 1
     assert render.exit_code(make_report([ok("a")], hosts=("a", "b"))) == 1  # b has no result
-    assert render.exit_code(make_report([HostResult("a", Status.SKIPPED)])) == 1
+    assert render.exit_code(make_report([HostResult("a", Status.CANCELLED)])) == 1
 
 
 def test_runs_table_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
