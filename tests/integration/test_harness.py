@@ -116,7 +116,7 @@ def test_twenty_hosts_over_several_sshd_processes(make_ssh_fleet: MakeFleet) -> 
     fleet = make_ssh_fleet(20)
     assert len(fleet.hosts) == 20
     assert len(fleet.pids()) >= 2
-    assert len({h.address for h in fleet.inventory.hosts}) == 20
+    assert len({h.address for h in fleet.hosts}) == 20
     for host in fleet.hosts:
         client = _connect(fleet, host)
         try:
