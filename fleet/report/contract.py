@@ -36,6 +36,12 @@ One JSON document (UTF-8, ending with a newline)::
 Text that was not valid UTF-8 on the host arrives replacement-decoded; any lone
 surrogate left is written as U+FFFD, so the document is valid UTF-8 for every
 parser. Non-finite numbers are written as null.
+
+``fleet runs --json``: a JSON list, newest first, one object per run with ``run_id``,
+``command``, ``pattern``, ``state``, ``started_at``, ``finished_at``, ``user``,
+``hosts_total`` and ``counts`` (every status).
+
+Fields are only ever added, never renamed or removed: scripts may rely on these.
 """
 
 from __future__ import annotations
