@@ -37,7 +37,7 @@ SITE_MODULE = "celeryconfig"
 #: config value would beat an explicit ``-P prefork`` on the command line (PITFALLS).
 DEFAULT_POOL = "threads"
 DEFAULT_CONCURRENCY = 64
-POOLS = ("threads", "prefork", "gevent", "eventlet", "solo")
+POOLS = ("threads", "prefork", "gevent")  # each tested: tests/integration/test_pools.py
 
 #: The Redis broker gives an unacknowledged message back after this many seconds.
 VISIBILITY_TIMEOUT_S = 12 * 3600

@@ -7,20 +7,15 @@ pool; ``fleet worker`` passes its own default (threads) on the command line.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness import procs
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
 from tests.harness.workers import StartWorker
-from tests.integration.fleetcli import REPO, FleetCLI, fleet_env, statuses
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses
 
 # The pool's name as Celery's banner shows it: "concurrency: 2 (prefork)".
 BANNER_NAME = {"prefork": "prefork", "threads": "thread", "gevent": "gevent"}
@@ -52,25 +47,3 @@ def test_celery_worker_runs_the_pool_it_is_given(
     assert f"concurrency: 3 ({BANNER_NAME[pool]})" in worker.log_text(), worker.log_text()
     cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inventory.yaml"), env)
     _run_twice_ok(cli, ledger, worker.node_name, sorted(h.name for h in ssh_fleet.hosts))
-
-
-def test_fleet_worker_takes_p_and_c(
-    fresh_redis: RedisServer, ssh_fleet: SSHFleet, ledger: Ledger, tmp_path: Path
-) -> None:
-    env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
-    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "fw.log"
-    argv = [sys.executable, "-m", "fleet", "worker", "-P", "prefork", "-c", "2", "-n", "fw@%h"]
-    proc = procs.spawn(argv, log, env=full_env, cwd=REPO)
-    node = f"fw@{socket.gethostname()}"
-    try:
-        deadline = time.monotonic() + 60
-        while f"{node} ready." not in log.read_text(errors="replace"):
-            assert proc.poll() is None, procs.log_tail(log, 40)
-            assert time.monotonic() < deadline, procs.log_tail(log, 40)
-            time.sleep(0.05)
-        assert "concurrency: 2 (prefork)" in log.read_text(errors="replace")
-        cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inventory.yaml"), env)
-        _run_twice_ok(cli, ledger, node, sorted(h.name for h in ssh_fleet.hosts))
-    finally:
-        procs.stop(proc)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.harness import procs
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
@@ -16,9 +18,19 @@ from tests.harness.sshd import SSHFleet
 from tests.integration.fleetcli import REPO, FleetCLI, statuses
 
 
+@pytest.mark.parametrize(
+    ("pool_args", "banner_pool"), [((), "thread"), (("-P", "prefork"), "prefork")]
+)
 def test_fleet_worker_runs_tasks_under_its_node_name(
-    fresh_redis: RedisServer, ssh_fleet: SSHFleet, ledger: Ledger, tmp_path: Path
+    pool_args: tuple[str, ...],
+    banner_pool: str,
+    fresh_redis: RedisServer,
+    ssh_fleet: SSHFleet,
+    ledger: Ledger,
+    tmp_path: Path,
 ) -> None:
+    """`fleet worker` is `celery -A fleet worker` with fleet's default pool (threads) or
+    the one given with -P; -c is the concurrency of either."""
     env = {
         "FLEET_BROKER_URL": fresh_redis.url,
         "FLEET_RESULT_BACKEND": fresh_redis.url,
@@ -30,7 +42,19 @@ def test_fleet_worker_runs_tasks_under_its_node_name(
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "cliw.log"
     proc = procs.spawn(
-        [sys.executable, "-m", "fleet", "worker", "-Q", "fleet", "-c", "4", "-n", "cliw@%h"],
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "worker",
+            "-Q",
+            "fleet",
+            "-c",
+            "4",
+            "-n",
+            "cliw@%h",
+            *pool_args,
+        ],
         log,
         env=full_env,
         cwd=REPO,
@@ -43,6 +67,7 @@ def test_fleet_worker_runs_tasks_under_its_node_name(
             assert time.monotonic() < deadline, procs.log_tail(log, 40)
             time.sleep(0.05)
         banner = log.read_text(errors="replace")
+        assert f"concurrency: 4 ({banner_pool})" in banner, banner
         # Task events on (Flower, `celery events`), and the task registered by name.
         assert "task events: ON" in banner, banner
         assert "fleet.run_on_host" in banner and "fleet.aggregate" in banner
