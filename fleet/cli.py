@@ -26,6 +26,7 @@ from fleet.errors import (
 )
 from fleet.inventory.hosts import DEFAULT_QUEUE
 from fleet.settings import Settings
+from fleet.textsafe import exception_line
 
 EXIT_INTERNAL = 70
 
@@ -50,9 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else ""
         print(
-            f"fleet: internal error: {type(exc).__name__}: {reason} "
+            f"fleet: internal error: {type(exc).__name__}: {exception_line(exc)} "
             "(run again with --debug for the traceback)",
             file=sys.stderr,
         )

@@ -23,6 +23,7 @@ from fleet.lifecycle import RunRequest, cancel_run, finalize_run, new_run_id
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.settings import Settings, redact_url
 from fleet.store.protocol import RunStore
+from fleet.textsafe import exception_line
 
 #: How often a follower checks that the run record still exists (a flushed store).
 PRESENCE_CHECK_S = 2.0
@@ -169,12 +170,7 @@ def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
                 max_retries=1, interval_start=0, interval_step=0, timeout=timeout
             )
     except Exception as exc:
-        raise BackendError(f"broker at {url} unreachable: {_reason(exc)}") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+        raise BackendError(f"broker at {url} unreachable: {exception_line(exc)}") from exc
 
 
 def _who() -> str:

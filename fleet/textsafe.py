@@ -57,6 +57,14 @@ def has_unsafe(text: str) -> bool:
     return _UNSAFE.search(text) is not None
 
 
+def exception_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of `exc`'s message (its type name when it has none), at most
+    `limit` characters, made visible: for one-line error messages that pass a library's
+    (or a server's) words on."""
+    lines = str(exc).strip().splitlines()
+    return make_visible_line(lines[0][:limit]) if lines else type(exc).__name__
+
+
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
 _repr.maxlevel, _repr.maxlist, _repr.maxdict = 2, 4, 3

@@ -38,11 +38,11 @@ from fleet.inventory.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
 from fleet.inventory.noderange import expand_hosts, fold_hosts
 from fleet.inventory.patterns import resolve_pattern
 from fleet.inventory.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, read_yaml
+from fleet.inventory.schedules import Schedule
 from fleet.inventory.schema import (
     MAX_HOSTS,
     GroupSpec,
     InventorySpec,
-    Schedule,
     check_inventory,
     join_path,
 )

@@ -12,7 +12,8 @@ from typing import Any
 
 from fleet.errors import InventoryProblem, PatternError
 from fleet.inventory.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
-from fleet.inventory.values import VAR_CHECKS, json_problem, seconds
+from fleet.inventory.schedules import Schedule, check_schedule
+from fleet.inventory.values import VAR_CHECKS, json_problem
 from fleet.textsafe import show_value
 
 #: Hosts listed across the file once ranges are expanded (a host listed in two groups
@@ -21,27 +22,11 @@ MAX_HOSTS = 100_000
 
 TOP_KEYS = ("defaults", "groups", "schedules")
 GROUP_KEYS = ("children", "hosts", "queue", "vars")
-SCHEDULE_KEYS = ("command", "every", "group", "timeout")
 # A secret in the inventory would travel in every task message and sit in Redis.
 SECRET_KEYS = frozenset(
     {"password", "become_password", "ansible_password", "ansible_become_password",
      "ansible_ssh_pass", "ansible_become_pass", "ssh_pass"}
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A command run on a pattern every `every` seconds (celery beat reads these)."""
-
-    name: str
-    command: str
-    group: str  # a pattern, checked against the inventory at load time
-    every: int  # seconds
-    timeout: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "command": self.command, "group": self.group,
-                "every": self.every, "timeout": self.timeout}  # fmt: skip
 
 
 def join_path(path: str, key: object) -> str:
@@ -274,39 +259,9 @@ class _SchemaChecker:
     def schedules(self, raw: Any) -> dict[str, Schedule]:
         schedules: dict[str, Schedule] = {}
         for name, body in self.mapping(raw, "schedules", "schedule names to schedules").items():
-            path = join_path("schedules", name)
-            if problem := name_problem(name, "schedule name"):
-                self.add(path, problem)
-                continue
-            if not isinstance(body, dict):
-                self.add(path, f"expected a mapping with keys {', '.join(SCHEDULE_KEYS)}, "
-                         f"got {show_value(body)}")  # fmt: skip
-                continue
-            self.unknown_keys(body, path, SCHEDULE_KEYS)
-            before = len(self.problems)
-            for key in ("command", "group", "every"):
-                if key not in body:
-                    self.add(path, f"missing key {key!r}")
-            command, group = body.get("command", ""), body.get("group", "")
-            for key, value in (("command", command), ("group", group)):
-                if key in body and (not isinstance(value, str) or not value.strip()):
-                    self.add(
-                        f"{path}.{key}", f"expected a non-empty string, got {show_value(value)}"
-                    )
-            every = seconds(body.get("every", 1))
-            if every is None or every != int(every):
-                expected = "a duration like 30s, 5m, 1h, 1d or whole seconds"
-                self.add(f"{path}.every", f"expected {expected}, got {show_value(body['every'])}")
-            timeout = body.get("timeout")
-            if timeout is not None and seconds(timeout) is None:
-                self.add(
-                    f"{path}.timeout", f"expected seconds or a duration, got {show_value(timeout)}"
-                )
-            if len(self.problems) == before:
-                schedules[name] = Schedule(
-                    name, command, group, int(every or 0),
-                    None if timeout is None else seconds(timeout),
-                )  # fmt: skip
+            schedule = check_schedule(name, body, join_path("schedules", name), self.add)
+            if schedule is not None:
+                schedules[schedule.name] = schedule
         return schedules
 
 

@@ -28,6 +28,7 @@ from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DEFAULTS, redact_url
 from fleet.store import keys
 from fleet.store.protocol import RUNNING, not_found_message, result_event
+from fleet.textsafe import exception_line
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
@@ -113,9 +114,11 @@ class RedisRunStore:
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendError(f"run store at {self._url} unreachable: {_reason(exc)}") from exc
+            raise BackendError(
+                f"run store at {self._url} unreachable: {exception_line(exc)}"
+            ) from exc
         except redis.RedisError as exc:
-            raise BackendError(f"run store at {self._url} failed: {_reason(exc)}") from exc
+            raise BackendError(f"run store at {self._url} failed: {exception_line(exc)}") from exc
 
     def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
         if run_id and not keys.is_valid_run_id(run_id):
@@ -322,8 +325,3 @@ class RedisRunStore:
         self._client.close()
         if self._ping_client is not self._client:
             self._ping_client.close()
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

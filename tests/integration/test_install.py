@@ -74,6 +74,14 @@ def test_the_venv_holds_the_installed_fleet_and_no_test_extras(
         tmp_path,
     )
     assert missing == "[]"
+    # Both brokers' transports and the Redis result backend load from the runtime
+    # dependencies alone (kombu's Redis transport needs `packaging`: celery[redis]).
+    loaded = _in_venv(
+        clean_python,
+        "import kombu.transport.redis, kombu.transport.pyamqp, celery.backends.redis; print('ok')",
+        tmp_path,
+    )
+    assert loaded == "ok"
     # Installing fleet must not drop a celeryconfig module into site-packages, where it
     # would become every Celery app's configuration on the machine.
     assert (

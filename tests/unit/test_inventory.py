@@ -255,14 +255,40 @@ schedules:
 """
     s = parse_inventory(text, "x").schedules
     assert list(s) == ["a", "b", "c", "d", "e", "f"]
-    assert s["a"] == Schedule("a", "uptime", "web", 30)
+    assert s["a"] == Schedule("a", "uptime", "web", every=30)
     assert (s["b"].every, s["b"].timeout) == (300, 20.0)
     assert (s["c"].every, s["c"].timeout) == (3600, 60.0)
     assert s["d"].every == 86400 and s["e"].every == 45 and s["e"].timeout == 2.5
     assert s["f"].every == 5400
     assert s["a"].to_dict() == {
-        "name": "a", "command": "uptime", "group": "web", "every": 30, "timeout": None
+        "name": "a", "command": "uptime", "group": "web", "every": 30, "cron": None,
+        "timeout": None, "connect_timeout": None, "deadline": None, "sudo": False,
+        "sudo_user": None, "env": {}, "overlap": "skip",
     }  # fmt: skip
+    assert s["a"].when == "every 30s"
+
+
+def test_schedule_cron_and_run_options() -> None:
+    text = """
+groups: {web: {hosts: {w1: null}}}
+schedules:
+  nightly:
+    command: cleanup
+    group: web
+    cron: "30  2 * * 1-5"
+    timeout: 10m
+    connect_timeout: 5
+    deadline: 1h
+    sudo: true
+    sudo_user: app
+    env: {MODE: nightly}
+    overlap: allow
+"""
+    s = parse_inventory(text, "x").schedules["nightly"]
+    assert (s.cron, s.every, s.when) == ("30 2 * * 1-5", None, "cron 30 2 * * 1-5")
+    assert (s.timeout, s.connect_timeout, s.deadline) == (600.0, 5.0, 3600.0)
+    assert s.sudo and s.sudo_user == "app" and dict(s.env) == {"MODE": "nightly"}
+    assert s.overlap == "allow"
 
 
 @pytest.mark.parametrize(
@@ -278,9 +304,17 @@ schedules:
         ("{command: [ls], group: web, every: 1m}", "schedules.s.command: expected a non-empty"),
         ("{group: web, every: 1m}", "schedules.s: missing key 'command'"),
         ("{command: x, every: 1m}", "schedules.s: missing key 'group'"),
-        ("{command: x, group: web}", "schedules.s: missing key 'every'"),
-        ("{command: x, group: web, every: 1m, cron: x}", "schedules.s.cron: unknown key"),
-        ("[uptime]", "schedules.s: expected a mapping with keys command, every, group"),
+        ("{command: x, group: web}", "schedules.s: expected one of 'every'"),
+        ("{command: x, group: web, every: 1m, cron: '* * * * *'}", "schedules.s: expected one"),
+        ("{command: x, group: web, cron: '* * *'}", "schedules.s.cron: expected five fields"),
+        ("{command: x, group: web, cron: 5}", "schedules.s.cron: expected five fields"),
+        ("{command: x, group: web, every: 1m, when: x}", "schedules.s.when: unknown key"),
+        ("{command: x, group: web, every: 1m, overlap: queue}", "schedules.s.overlap: expected"),
+        ("{command: x, group: web, every: 1m, deadline: x}", "schedules.s.deadline: expected"),
+        ("{command: x, group: web, every: 1m, sudo: yes please}", "schedules.s.sudo: expected"),
+        ("{command: x, group: web, every: 1m, env: {1A: x}}", "schedules.s.env: "),
+        ("{command: x, group: web, every: 1m, sudo: true, become: false}", "schedules.s: sudo"),
+        ("[uptime]", "schedules.s: expected a mapping with keys become, command"),
         ("{command: x, group: wbe, every: 1m}", "schedules.s.group: pattern 'wbe' matches no"),
         ("{command: x, group: 'web:&web2', every: 1m}", "schedules.s.group: pattern 'web2'"),
     ],
@@ -369,7 +403,8 @@ schedules:
     assert problems(text) == [
         "defualts: unknown key 'defualts' (allowed: defaults, groups, schedules)",
         "groups.web.host: unknown key 'host' (allowed: children, hosts, queue, vars)",
-        "schedules.s.evry: unknown key 'evry' (allowed: command, every, group, timeout)",
+        "schedules.s.evry: unknown key 'evry' (allowed: become, command, connect_timeout, "
+        "cron, deadline, env, every, group, overlap, sudo, sudo_user, timeout)",
     ]
 
 

@@ -60,3 +60,13 @@ def test_every_dangerous_range_is_safe_afterwards() -> None:
 def test_escapes_are_stable() -> None:
     once = make_visible("\x1b[0m\r\u202e")
     assert make_visible(once) == once
+
+
+def test_exception_line_is_one_visible_line_or_the_type_name() -> None:
+    from fleet.textsafe import exception_line
+
+    assert exception_line(ValueError("bad\nsecond line")) == "bad"
+    assert exception_line(ValueError("\x1b]52;c;eA==\x07 evil")) == "\\x1b]52;c;eA==\\x07 evil"
+    assert exception_line(OSError()) == "OSError"
+    assert exception_line(ValueError("\n\n")) == "ValueError"
+    assert len(exception_line(ValueError("x" * 500), limit=50)) == 50
