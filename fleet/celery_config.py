@@ -150,6 +150,9 @@ DEFAULTS: dict[str, Any] = {
     "worker_send_task_events": True,
     "task_send_sent_event": False,
     "worker_hijack_root_logger": False,
+    # `celery -A fleet beat` fires the inventory's schedules (fleet.beat); its state lives
+    # in the run store, not in a celerybeat-schedule file.
+    "beat_scheduler": "fleet.beat:InventoryScheduler",
     "task_track_started": False,
 }
 

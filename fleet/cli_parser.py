@@ -123,6 +123,18 @@ def build_parser(
     worker.add_argument("-n", "--hostname", help="node name, e.g. eu1@%%h")
     worker.add_argument("-l", "--loglevel", default="INFO")
     worker.set_defaults(handler=handlers["cmd_worker"])
+
+    beat = sub.add_parser(
+        "beat", parents=[common], help="fire the inventory's schedules (celery -A fleet beat)"
+    )
+    beat.add_argument("-l", "--loglevel", default="INFO")
+    beat.set_defaults(handler=handlers["cmd_beat"])
+
+    schedules = sub.add_parser(
+        "schedules", parents=[common], help="list the inventory's schedules and their last runs"
+    )
+    schedules.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    schedules.set_defaults(handler=handlers["cmd_schedules"])
     return parser
 
 

@@ -56,6 +56,7 @@ class RunRequest:
     hosts: tuple[Host, ...]
     options: ExecOptions
     deadline_s: float | None = None  # None: derived from the timeouts and the host count
+    schedule: str | None = None  # set when Celery beat fires an inventory schedule
 
 
 def new_run_id() -> str:

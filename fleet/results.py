@@ -115,6 +115,7 @@ class RunRecord:
     user: str = ""
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     finished_at: str | None = None
+    schedule: str | None = None  # the inventory schedule that started it (Celery beat)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -84,7 +84,8 @@ def submit_run(
         hosts=tuple(h.name for h in request.hosts),
         created_at=utc_now(),
         deadline=time.time() + deadline_s,
-        user=_who(),
+        user=f"beat@{_node()}" if request.schedule else _who(),
+        schedule=request.schedule,
         options=request.options.to_dict(),
     )
     store.create_run(run, request.hosts)
@@ -171,6 +172,13 @@ def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
             )
     except Exception as exc:
         raise BackendError(f"broker at {url} unreachable: {exception_line(exc)}") from exc
+
+
+def _node() -> str:
+    try:
+        return os.uname().nodename
+    except OSError:
+        return "unknown"
 
 
 def _who() -> str:

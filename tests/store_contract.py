@@ -18,7 +18,7 @@ import pytest
 from fleet.errors import RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
-from fleet.store.protocol import RunStore
+from fleet.store.protocol import BeatState, RunStore
 
 MakeStore = Callable[..., RunStore]
 
@@ -120,6 +120,17 @@ class StoreContract:
         for t in threads:
             t.join()
         assert sorted(wins) == [False] * 7 + [True]
+
+    def test_beat_slots_are_claimed_once_and_state_is_shared(self, store: RunStore) -> None:
+        assert store.beat_state("disk") == BeatState()
+        assert store.claim_slot("disk", 1_800_000_000)
+        assert not store.claim_slot("disk", 1_800_000_000)  # a second beat process
+        assert store.claim_slot("disk", 1_800_000_060)
+        assert store.claim_slot("other", 1_800_000_000)  # slots are per schedule
+        store.record_firing("disk", 1_800_000_060, "20261130-090000-abcdef")
+        assert store.count_skip("disk") == 1 and store.count_skip("disk") == 2
+        assert store.beat_state("disk") == BeatState(1_800_000_060, "20261130-090000-abcdef", 2)
+        assert store.beat_state("other") == BeatState()
 
     def test_is_live(self, store: RunStore) -> None:
         hosts = make_hosts("web01")

@@ -98,6 +98,14 @@ class Inventory:
             raise PatternError(f"pattern {pattern!r} matched no hosts")
         return tuple(h for h in self.hosts if h.name in names)
 
+    def check_pattern(self, pattern: str) -> None:
+        """Raise `PatternError` when `pattern` is malformed or a term names nothing known.
+
+        An empty selection passes: a schedule's group may be empty now and filled later
+        (it is resolved when the schedule fires).
+        """
+        resolve_pattern(pattern, self.members, self._by_name.keys())
+
 
 def load_inventory(path: str | Path) -> Inventory:
     """Read and validate the inventory file at `path`.
@@ -136,7 +144,7 @@ def parse_inventory(text: str, source: str) -> Inventory:
     inventory = _assemble(source, spec)
     for schedule in spec.schedules.values():
         try:
-            inventory.select(schedule.group)
+            inventory.check_pattern(schedule.group)
         except PatternError as exc:
             problems.append(InventoryProblem(f"schedules.{schedule.name}.group", str(exc)))
     if problems:

@@ -17,13 +17,14 @@ from fleet.report.common import exit_code
 from fleet.report.contract import render_json, report_json_dict, runs_json
 from fleet.report.files import write_atomically
 from fleet.report.html import render_html
-from fleet.report.text import render_runs, render_summary_line, render_text
+from fleet.report.text import render_runs, render_schedules, render_summary_line, render_text
 
 __all__ = [
     "exit_code",
     "render_html",
     "render_json",
     "render_runs",
+    "render_schedules",
     "render_summary_line",
     "render_text",
     "report_json_dict",

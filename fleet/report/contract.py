@@ -38,8 +38,9 @@ surrogate left is written as U+FFFD, so the document is valid UTF-8 for every
 parser. Non-finite numbers are written as null.
 
 ``fleet runs --json``: a JSON list, newest first, one object per run with ``run_id``,
-``command``, ``pattern``, ``state``, ``started_at``, ``finished_at``, ``user``,
-``hosts_total`` and ``counts`` (every status).
+``command``, ``pattern``, ``state``, ``started_at``, ``finished_at``, ``user`` (who
+submitted it: ``user@host``, or ``beat@host``), ``schedule`` (the inventory schedule
+that fired it, or null), ``hosts_total`` and ``counts`` (every status).
 
 Fields are only ever added, never renamed or removed: scripts may rely on these.
 """
@@ -137,6 +138,7 @@ def runs_json(
             "started_at": run.created_at,
             "finished_at": run.finished_at,
             "user": run.user,
+            "schedule": run.schedule,
             "hosts_total": len(run.hosts),
             "counts": {s.value: int(counts.get(run.run_id, {}).get(s.value, 0)) for s in Status},
         }

@@ -6,6 +6,7 @@ Reached through `fleet.report` (render_text, render_summary_line, render_runs).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fleet.errors import EXIT_OK
 from fleet.report.common import (
@@ -196,11 +197,12 @@ def render_runs(
     *,
     color: bool = False,
 ) -> str:
-    """The table for ``fleet runs``: id, start, state, hosts, results by status, command."""
+    """The table for ``fleet runs``: id, start, state, hosts, results by status, who
+    submitted it (``schedule: NAME`` for Celery beat's firings), command."""
     if not runs:
         return "no runs\n"
     counts = counts or {}
-    rows = [("RUN ID", "STARTED (UTC)", "STATE", "HOSTS", "RESULTS", "COMMAND")]
+    rows = [("RUN ID", "STARTED (UTC)", "STATE", "HOSTS", "RESULTS", "BY", "COMMAND")]
     for run in runs:
         by_status = counts.get(run.run_id, {})
         results = ", ".join(
@@ -218,6 +220,7 @@ def render_runs(
                 make_visible_line(run.state),
                 str(len(run.hosts)),
                 results or "-",
+                make_visible_line(f"schedule: {run.schedule}" if run.schedule else run.user or "-"),
                 command,
             )
         )
@@ -227,3 +230,22 @@ def render_runs(
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         doc.line(line, "bold" if n == 0 else "")
     return doc.render(color=color, width=max(100, sum(widths) + 2 * len(widths)))
+
+
+def render_schedules(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The table for ``fleet schedules``: one row per schedule (its ``--json`` objects)."""
+    table: list[tuple[str, ...]] = [
+        ("SCHEDULE", "WHEN", "PATTERN", "NEXT (UTC)", "LAST RUN", "COMMAND")
+    ]
+    for row in rows:
+        last = row.get("last_run")
+        outcome = "-"
+        if last:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(last["counts"].items()) if n)
+            outcome = f"{last['run_id']} {last['state']}" + (f" ({counts})" if counts else "")
+        next_at = str(row["next_firing"])[:19].replace("T", " ")
+        cells = (row["name"], row["when"], row["group"], next_at, outcome, row["command"])
+        table.append(tuple(make_visible_line(str(c)) for c in cells))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(lines) + "\n"

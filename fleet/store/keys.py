@@ -10,6 +10,8 @@ Layout, every key under one prefix and every key with a TTL (the retention)::
     {prefix}:claim:{id}:{hexhost}    string: the worker that claimed the host
     {prefix}:runs                    sorted set: run id scored by creation time
     {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
+    {prefix}:beat:{hexname}          hash: a schedule's last_slot, last_run_id, skipped
+    {prefix}:beat:{hexname}:{slot}   string: the claim of one firing slot (first beat wins)
 
 Host names may hold ``:``, ``/``, ``[`` and the like, so they appear in key names
 only hex-encoded; run ids are checked against `RUN_ID_RE` so that no id can
@@ -26,7 +28,9 @@ from typing import Any, Literal
 
 from fleet.inventory.hosts import Host
 
-KeyKind = Literal["run", "results", "events", "report", "claim", "runs", "host_runs"]
+KeyKind = Literal[
+    "run", "results", "events", "report", "claim", "runs", "host_runs", "beat", "beat_slot"
+]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -36,7 +40,12 @@ EVENTS_PER_HOST = 10
 
 
 def key(prefix: str, kind: KeyKind, run_id: str = "", host: str = "") -> str:
-    """The one place a key name is spelled."""
+    """The one place a key name is spelled. For ``beat`` keys `host` is the schedule's
+    name and `run_id` the slot."""
+    if kind == "beat":
+        return f"{prefix}:beat:{host_token(host)}"
+    if kind == "beat_slot":
+        return f"{prefix}:beat:{host_token(host)}:{run_id}"
     if kind == "runs":
         return f"{prefix}:runs"
     if kind == "host_runs":

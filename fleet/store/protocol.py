@@ -11,6 +11,7 @@ Every method raises `BackendError` when the store cannot be reached or fails;
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.inventory.hosts import Host
@@ -32,6 +33,26 @@ def not_found_message(run_id: str, retention: int) -> str:
 def result_event(result: HostResult) -> dict[str, str]:
     """The progress event `save_result` appends when it stores a result."""
     return {"type": "result", "host": result.host, "status": result.status.value}
+
+
+@dataclass(frozen=True, slots=True)
+class BeatState:
+    """A schedule's state shared by every beat process (in the run store, not a shelve
+    file beside one of them)."""
+
+    last_slot: int | None = None  # epoch seconds of the last firing's slot
+    last_run_id: str | None = None
+    skipped: int = 0
+
+
+def beat_state_from(slot: str | None, run_id: str | None, skipped: str | None) -> BeatState:
+    """A `BeatState` from stored text, checked: anything malformed reads as unknown."""
+    try:
+        last_slot = int(slot) if slot is not None else None
+        count = int(skipped) if skipped is not None else 0
+    except ValueError:
+        return BeatState()
+    return BeatState(last_slot, run_id or None, count)
 
 
 class RunStore(Protocol):
@@ -98,6 +119,19 @@ class RunStore(Protocol):
 
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         """The most recent runs, newest first; with `host`, only runs that targeted it."""
+
+    def claim_slot(self, schedule: str, slot: int) -> bool:
+        """Take firing slot `slot` (epoch seconds) of `schedule`; False if another beat
+        process took it first. Claims expire with the retention."""
+
+    def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
+        """Remember the run that `schedule`'s firing at `slot` started."""
+
+    def count_skip(self, schedule: str) -> int:
+        """Count one firing of `schedule` skipped; return the count so far."""
+
+    def beat_state(self, schedule: str) -> BeatState:
+        """What beat knows of `schedule`: its last firing and skipped count."""
 
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""

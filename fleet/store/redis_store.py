@@ -27,7 +27,13 @@ from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DEFAULTS, redact_url
 from fleet.store import keys
-from fleet.store.protocol import RUNNING, not_found_message, result_event
+from fleet.store.protocol import (
+    RUNNING,
+    BeatState,
+    beat_state_from,
+    not_found_message,
+    result_event,
+)
 from fleet.textsafe import exception_line
 
 CONNECT_TIMEOUT = 2.0
@@ -320,6 +326,35 @@ class RedisRunStore:
                     if run is not None:  # expired since it was indexed
                         runs.append(run)
         return runs[:limit]
+
+    def claim_slot(self, schedule: str, slot: int) -> bool:
+        with self._guard():
+            key = keys.key(self._prefix, "beat_slot", str(int(slot)), schedule)
+            return bool(self._client.set(key, "1", nx=True, ex=self._retention))
+
+    def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
+        with self._guard():
+            key = keys.key(self._prefix, "beat", host=schedule)
+            pipe = self._client.pipeline()
+            pipe.hset(key, mapping={"last_slot": int(slot), "last_run_id": run_id})
+            pipe.expire(key, self._retention)
+            pipe.execute()
+
+    def count_skip(self, schedule: str) -> int:
+        with self._guard():
+            key = keys.key(self._prefix, "beat", host=schedule)
+            pipe = self._client.pipeline()
+            pipe.hincrby(key, "skipped", 1)
+            pipe.expire(key, self._retention)
+            return int(pipe.execute()[0])
+
+    def beat_state(self, schedule: str) -> BeatState:
+        with self._guard():
+            raw = self._client.hmget(
+                keys.key(self._prefix, "beat", host=schedule),
+                ["last_slot", "last_run_id", "skipped"],
+            )
+        return beat_state_from(*(None if v is None else _text(v) for v in raw))
 
     def close(self) -> None:
         self._client.close()

@@ -23,7 +23,13 @@ from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DEFAULTS
 from fleet.store.keys import dumps, epoch, hosts_from_json, hosts_json
-from fleet.store.protocol import RUNNING, not_found_message, result_event
+from fleet.store.protocol import (
+    RUNNING,
+    BeatState,
+    beat_state_from,
+    not_found_message,
+    result_event,
+)
 
 POLL_S = 0.05  # how often a blocked `events` looks for rows written by another process
 
@@ -62,6 +68,17 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+CREATE TABLE IF NOT EXISTS beat_slots (
+    schedule TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    PRIMARY KEY (schedule, slot)
+);
+CREATE TABLE IF NOT EXISTS beat (
+    schedule TEXT PRIMARY KEY,
+    last_slot INTEGER,
+    last_run_id TEXT,
+    skipped INTEGER NOT NULL DEFAULT 0
+);
 """
 
 _RUN_TABLES = ("run_hosts", "claims", "results", "events")
@@ -289,6 +306,45 @@ class SqliteRunStore:
         with self._guard(), self._lock:
             rows = self._conn.execute(query, (*params, limit)).fetchall()
         return [self._decode_run(*row) for row in rows]
+
+    def claim_slot(self, schedule: str, slot: int) -> bool:
+        with self._guard(), self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO beat_slots (schedule, slot) VALUES (?, ?)",
+                (schedule, int(slot)),
+            )
+        return cursor.rowcount == 1
+
+    def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
+        with self._guard(), self._lock:
+            self._conn.execute(
+                "INSERT INTO beat (schedule, last_slot, last_run_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (schedule) DO UPDATE SET last_slot = excluded.last_slot, "
+                "last_run_id = excluded.last_run_id",
+                (schedule, int(slot), run_id),
+            )
+
+    def count_skip(self, schedule: str) -> int:
+        with self._guard(), self._lock:
+            self._conn.execute(
+                "INSERT INTO beat (schedule, skipped) VALUES (?, 1) "
+                "ON CONFLICT (schedule) DO UPDATE SET skipped = skipped + 1",
+                (schedule,),
+            )
+            row = self._conn.execute(
+                "SELECT skipped FROM beat WHERE schedule = ?", (schedule,)
+            ).fetchone()
+        return int(row[0])
+
+    def beat_state(self, schedule: str) -> BeatState:
+        with self._guard(), self._lock:
+            row = self._conn.execute(
+                "SELECT last_slot, last_run_id, skipped FROM beat WHERE schedule = ?",
+                (schedule,),
+            ).fetchone()
+        if row is None:
+            return BeatState()
+        return beat_state_from(*(None if v is None else str(v) for v in row))
 
     def close(self) -> None:
         with self._guard(), self._lock:
