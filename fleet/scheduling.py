@@ -28,6 +28,8 @@ from fleet.settings import Settings
 from fleet.store.protocol import RunStore
 
 CRON_SLOT_S = 60  # cron's resolution: one minute
+#: A slot's claim outlives the slot by this much at least (clock skew between beats).
+MIN_CLAIM_TTL_S = 300
 
 
 class Outcome(StrEnum):
@@ -93,7 +95,8 @@ def fire(
     Raises `BackendError` when the run store cannot be reached to claim the slot.
     """
     slot = slot_of(schedule, now)
-    if not store.claim_slot(schedule.name, slot):
+    size = schedule.every if schedule.every is not None else CRON_SLOT_S
+    if not store.claim_slot(schedule.name, slot, max(3 * size, MIN_CLAIM_TTL_S)):
         message = f"schedule {schedule.name}: slot {slot} already fired by another beat"
         return Firing(Outcome.TAKEN, slot, message=message)
     if schedule.overlap == "skip":

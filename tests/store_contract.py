@@ -123,10 +123,10 @@ class StoreContract:
 
     def test_beat_slots_are_claimed_once_and_state_is_shared(self, store: RunStore) -> None:
         assert store.beat_state("disk") == BeatState()
-        assert store.claim_slot("disk", 1_800_000_000)
-        assert not store.claim_slot("disk", 1_800_000_000)  # a second beat process
-        assert store.claim_slot("disk", 1_800_000_060)
-        assert store.claim_slot("other", 1_800_000_000)  # slots are per schedule
+        assert store.claim_slot("disk", 1_800_000_000, 600)
+        assert not store.claim_slot("disk", 1_800_000_000, 600)  # a second beat process
+        assert store.claim_slot("disk", 1_800_000_060, 600)
+        assert store.claim_slot("other", 1_800_000_000, 600)  # slots are per schedule
         store.record_firing("disk", 1_800_000_060, "20261130-090000-abcdef")
         assert store.count_skip("disk") == 1 and store.count_skip("disk") == 2
         assert store.beat_state("disk") == BeatState(1_800_000_060, "20261130-090000-abcdef", 2)

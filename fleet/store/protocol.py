@@ -120,9 +120,10 @@ class RunStore(Protocol):
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         """The most recent runs, newest first; with `host`, only runs that targeted it."""
 
-    def claim_slot(self, schedule: str, slot: int) -> bool:
+    def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
         """Take firing slot `slot` (epoch seconds) of `schedule`; False if another beat
-        process took it first. Claims expire with the retention."""
+        process took it first. The claim is kept `ttl_s` seconds: only as long as another
+        beat could still be about to fire the same slot."""
 
     def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
         """Remember the run that `schedule`'s firing at `slot` started."""

@@ -327,10 +327,10 @@ class RedisRunStore:
                         runs.append(run)
         return runs[:limit]
 
-    def claim_slot(self, schedule: str, slot: int) -> bool:
+    def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
         with self._guard():
             key = keys.key(self._prefix, "beat_slot", str(int(slot)), schedule)
-            return bool(self._client.set(key, "1", nx=True, ex=self._retention))
+            return bool(self._client.set(key, "1", nx=True, ex=max(1, int(ttl_s))))
 
     def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
         with self._guard():

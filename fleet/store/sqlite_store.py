@@ -307,8 +307,12 @@ class SqliteRunStore:
             rows = self._conn.execute(query, (*params, limit)).fetchall()
         return [self._decode_run(*row) for row in rows]
 
-    def claim_slot(self, schedule: str, slot: int) -> bool:
+    def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
         with self._guard(), self._lock:
+            self._conn.execute(  # claims older than their ttl are of no use to anyone
+                "DELETE FROM beat_slots WHERE schedule = ? AND slot < ?",
+                (schedule, int(slot) - max(1, int(ttl_s))),
+            )
             cursor = self._conn.execute(
                 "INSERT OR IGNORE INTO beat_slots (schedule, slot) VALUES (?, ?)",
                 (schedule, int(slot)),
