@@ -10,8 +10,11 @@ compares names exactly (case-sensitively) or by hash, so it knows neither `*`/`?
 wildcards nor `!` negation, and its parser takes an `@revoked`/`@cert-authority`
 marker for a host name, then fails to decode the key and raises out of
 `HostKeys.load`: one such line made the whole file unreadable for every host.
-Names are looked up exactly as `host_key_name` spells them (`[addr]:port` off
-port 22); there is no fallback to the port-less name.
+Names are looked up as `host_key_name` spells them (`[addr]:port` off port 22). As
+OpenSSH does, when no entry exists for `[addr]:port` the port-less `addr` entries are
+used too: a matching key there is accepted; a different key there makes the key
+unknown for this port (accept-new records it under `[addr]:port`), never "changed"
+(sshconnect.c, check_host_key: its lookup of the port-less "host" name).
 
 A run looks up every one of its hosts in the same files, so each parsed file
 version carries an index (`_Section`): plain names in a dict, wildcard and negated
@@ -53,6 +56,13 @@ _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 def host_key_name(address: str, port: int) -> str:
     """The known_hosts name OpenSSH uses: `addr`, or `[addr]:port` off port 22."""
     return address if port == 22 else f"[{address}]:{port}"
+
+
+def portless_name(name: str) -> str | None:
+    """``addr`` of a ``[addr]:port`` known_hosts name; None for a port-less name."""
+    if name.startswith("[") and "]:" in name:
+        return name[1 : name.rindex("]:")]
+    return None
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -284,21 +294,34 @@ class HostKeyPolicy:
     def preferred_algorithms(self, name: str, offered: tuple[str, ...]) -> tuple[str, ...]:
         """Known key types first, so the server shows the key we can check (as OpenSSH)."""
         known: list[str] = []
-        for _, key in self.known_keys(name):
+        plain = portless_name(name)
+        keys = self.known_keys(name) or (self.known_keys(plain) if plain else [])
+        for _, key in keys:
             known.extend(_ALGORITHMS.get(key.get_name(), (key.get_name(),)))
         first = [a for a in dict.fromkeys(known) if a in offered]
         return tuple(first + [a for a in offered if a not in first])
 
     def verify(self, name: str, key: paramiko.PKey) -> None:
         """Accept `key` for `name` or raise `ConnectFailure` (hostkey_rejected)."""
-        for path, bad in self.revoked_keys(name):
+        plain = portless_name(name)
+        revoked = self.revoked_keys(name) + (self.revoked_keys(plain) if plain else [])
+        for path, bad in revoked:
             if bad.asbytes() == key.asbytes():
                 raise ConnectFailure(
                     Status.HOSTKEY_REJECTED,
                     f"host key for {name} is REVOKED: the host offered {fingerprint(key)}, "
                     f"marked @revoked in {path}. Refusing to connect",
                 )
-        self._check(name, key, self.known_keys(name))
+        known = self.known_keys(name)
+        # No `[addr]:port` entry: OpenSSH falls back to the port-less name. Only a
+        # matching key counts; another key there is "unknown" for this port.
+        if (
+            not known
+            and plain is not None
+            and any(k.asbytes() == key.asbytes() for _, k in self.known_keys(plain))
+        ):
+            return
+        self._check(name, key, known)
 
     def _check(self, name: str, key: paramiko.PKey, known: list[tuple[str, paramiko.PKey]]) -> None:
         if any(k.asbytes() == key.asbytes() for _, k in known):
