@@ -88,7 +88,9 @@ class ConnectionPool:
         self._entries: dict[Any, _Entry] = {}  # transport -> entry
         self._keyed: dict[Key, list[_Entry]] = {}
         self._pending: dict[Key, Future[None]] = {}
-        self._failures: dict[Key, tuple[float, ConnectFailure]] = {}
+        # key -> (until, the connect timeout it failed with, the failure): a failure is
+        # only shared with requests that would have waited exactly as long.
+        self._failures: dict[Key, tuple[float, float, ConnectFailure]] = {}
         self._limits: dict[Key, int] = {}  # channels per transport, learned
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -109,8 +111,8 @@ class ConnectionPool:
             with self._lock:
                 now = self._clock()
                 failed = self._failures.get(key)
-                if failed is not None and failed[0] > now:
-                    raise ConnectFailure(failed[1].status, failed[1].message)
+                if failed is not None and failed[0] > now and failed[1] == options.connect_timeout:
+                    raise ConnectFailure(failed[2].status, failed[2].message)
                 entry = self._available(key, avoid)
                 if entry is not None:
                     entry.users += 1
@@ -143,7 +145,8 @@ class ConnectionPool:
             transport = self._open(target, options)
         except ConnectFailure as exc:
             with self._lock:
-                self._failures[key] = (self._clock() + options.connect_timeout, exc)
+                timeout = options.connect_timeout
+                self._failures[key] = (self._clock() + timeout, timeout, exc)
                 del self._pending[key]
             done.set_exception(exc)
             raise
@@ -246,7 +249,7 @@ class ConnectionPool:
             ]
             for transport in doomed:
                 self._forget(transport)
-            for key in [k for k, (until, _) in self._failures.items() if until <= now]:
+            for key in [k for k, (until, _, _) in self._failures.items() if until <= now]:
                 del self._failures[key]
         for transport in doomed:
             transport.close()

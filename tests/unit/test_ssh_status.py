@@ -554,4 +554,26 @@ def test_connect_failure_shared_and_remembered_briefly(env: dict[str, Any]) -> N
     now[0] = 1.0  # past connect_timeout (0.3 s): tried afresh
     assert run_command(env["host"], "true", env["options"], pool).status is Status.UNREACHABLE
     assert calls == [2222, 2222]
+    # A request with another connect timeout (another run's) tries for itself: the
+    # remembered failure would report a wait it did not make.
+    longer = ExecOptions.from_dict({**env["options"].to_dict(), "connect_timeout": 5.0})
+    assert run_command(env["host"], "true", longer, pool).status is Status.UNREACHABLE
+    assert calls == [2222, 2222, 2222]
+    pool.close()
+
+
+def test_a_remembered_failure_reports_its_own_timeout_only(env: dict[str, Any]) -> None:
+    # Issue 11 point 8: a run with a 10 s connect timeout never says "within 60 s".
+    def hang(address: str, port: int, timeout: float) -> Any:
+        raise TimeoutError("timed out")
+
+    pool = ConnectionPool(
+        Connector(socket_factory=hang, transport_factory=FakeTransport, agent=lambda: ())
+    )
+    pool._clock = lambda: 0.0
+    slow = ExecOptions.from_dict({**env["options"].to_dict(), "connect_timeout": 60.0})
+    first = run_command(env["host"], "true", slow, pool)
+    second = run_command(env["host"], "true", env["options"], pool)  # 0.3 s
+    assert "60" in (first.error or "")
+    assert "60" not in (second.error or ""), second.error
     pool.close()
