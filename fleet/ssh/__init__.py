@@ -25,6 +25,7 @@ from fleet.ssh import sftp
 from fleet.ssh.command import StartTimeout, run_channel, start_command
 from fleet.ssh.connect import Connector
 from fleet.ssh.errors import ConnectFailure, SessionRefused
+from fleet.ssh.paramiko_log import route_paramiko_logs
 from fleet.ssh.pool import ConnectionPool, Lease
 from fleet.ssh.sshconfig import Target, resolve_target
 
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+route_paramiko_logs()  # before any transport exists: no raw paramiko line ever
 
 _default: ConnectionPool | None = None
 _default_pid = 0

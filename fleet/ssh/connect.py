@@ -20,9 +20,11 @@ import paramiko
 
 from fleet.command import ExecOptions
 from fleet.results import Status
+from fleet.ssh.banner import BannerWatch, banner_failure
 from fleet.ssh.errors import ConnectFailure
 from fleet.ssh.hostkeys import HostKeyPolicy, host_key_name
 from fleet.ssh.sshconfig import Target
+from fleet.textsafe import make_visible_line
 
 SocketFactory = Callable[[str, int, float], Any]
 TransportFactory = Callable[[Any], Any]
@@ -132,6 +134,7 @@ def _poll_idle_slowly(transport: Any) -> None:
     # per 200 connections). After login nothing needs the quick wake-up: close() wakes
     # the reader by closing the socket, and a rekey waits at most this long to start.
     sock = getattr(transport, "sock", None)
+    sock = sock.sock if isinstance(sock, BannerWatch) else sock
     if isinstance(sock, socket.socket):
         sock.settimeout(IDLE_POLL_S)
 
@@ -163,13 +166,14 @@ class Connector:
 
         Raises `ConnectFailure`; the socket and transport are closed when it does.
         """
+        watch = BannerWatch(sock)
         try:
-            transport = self._transport_factory(sock)
+            transport = self._transport_factory(watch)
         except Exception:
             sock.close()
             raise
         try:
-            self._handshake(transport, target, options)
+            self._handshake(transport, target, options, watch)
             self._authenticate(transport, target, options)
             _poll_idle_slowly(transport)
         except BaseException:
@@ -178,7 +182,9 @@ class Connector:
             raise
         return transport
 
-    def _handshake(self, transport: Any, target: Target, options: ExecOptions) -> None:
+    def _handshake(
+        self, transport: Any, target: Target, options: ExecOptions, watch: BannerWatch
+    ) -> None:
         policy = HostKeyPolicy.from_paths(
             options.known_hosts, options.user_known_hosts, options.accept_new_host_keys
         )
@@ -186,6 +192,7 @@ class Connector:
         security = transport.get_security_options()
         security.key_types = policy.preferred_algorithms(name, tuple(security.key_types))
         timeout = options.connect_timeout
+        where = f"{target.address}:{target.port}"
         transport.banner_timeout = timeout
         transport.handshake_timeout = timeout
         done = threading.Event()
@@ -193,11 +200,7 @@ class Connector:
             transport.start_client(event=done)
             if not done.wait(timeout):
                 if not getattr(transport, "remote_version", ""):
-                    raise ConnectFailure(
-                        Status.UNREACHABLE,
-                        f"no SSH banner within {_seconds(timeout)} "
-                        f"from {target.address}:{target.port}",
-                    )
+                    raise banner_failure(watch, where, timeout, _seconds(timeout))
                 raise ConnectFailure(
                     Status.UNREACHABLE,
                     f"SSH key exchange did not finish within {_seconds(timeout)}",
@@ -207,6 +210,9 @@ class Connector:
         except ConnectFailure:
             raise
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            text = str(exc)
+            if "protocol banner" in text or "Indecipherable protocol version" in text:
+                raise banner_failure(watch, where, timeout, _seconds(timeout)) from None
             raise _handshake_failure(exc, target, timeout) from None
         policy.verify(name, transport.get_remote_server_key())
 
@@ -317,13 +323,9 @@ def _load_key(path: str, notes: list[str]) -> paramiko.PKey | None:
 def _handshake_failure(exc: BaseException, target: Target, timeout: float) -> ConnectFailure:
     text = str(exc)
     where = f"{target.address}:{target.port}"
-    if text.lower().strip() == "error reading ssh protocol banner":
+    if "Invalid SSH banner" in text or "Incompatible version" in text:
         return ConnectFailure(
-            Status.UNREACHABLE, f"no SSH banner within {_seconds(timeout)} from {where}"
-        )
-    if "banner" in text.lower():
-        return ConnectFailure(
-            Status.UNREACHABLE, f"{where} closed the connection before sending an SSH banner"
+            Status.UNREACHABLE, f"{where} is not an SSH-2 server ({make_visible_line(text)})"
         )
     if isinstance(exc, EOFError | ConnectionResetError) or not text:
         return ConnectFailure(
@@ -331,4 +333,6 @@ def _handshake_failure(exc: BaseException, target: Target, timeout: float) -> Co
         )
     if isinstance(exc, OSError):
         return tcp_failure(exc, target, timeout)
-    return ConnectFailure(Status.ERROR, f"SSH negotiation with {where} failed: {text}")
+    return ConnectFailure(
+        Status.ERROR, f"SSH negotiation with {where} failed: {make_visible_line(text)[:200]}"
+    )

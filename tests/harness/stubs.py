@@ -32,6 +32,7 @@ class HungListener:
     """Accepts TCP connections and never sends a byte (a hung host)."""
 
     greeting = b""
+    close_at_once = False
 
     def __init__(self, address: str = STUB_ADDRESS) -> None:
         self._server = socket.create_server((address, 0), backlog=128)
@@ -62,6 +63,10 @@ class HungListener:
             if self.greeting:
                 with contextlib.suppress(OSError):
                     conn.sendall(self.greeting)
+            if self.close_at_once:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -82,3 +87,16 @@ class BannerStaller(HungListener):
     """Sends an OpenSSH banner, then nothing: stalls key exchange."""
 
     greeting = SSH_BANNER
+
+
+class ClosingListener(HungListener):
+    """Accepts TCP connections and closes them at once, before any banner."""
+
+    close_at_once = True
+
+
+class NotSSHListener(HungListener):
+    """Answers like a web server, not an SSH server, then closes."""
+
+    greeting = b"HTTP/1.1 400 Bad Request\r\nServer: \x1b[31mnginx\r\n\r\n"
+    close_at_once = True

@@ -319,7 +319,8 @@ def test_jump_host(ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool)
     # Two transports: the bastion's, and the target's riding a channel of it.
     assert len(pool) == 2
     tunnelled = [e.transport for e in pool._entries.values() if e.target.jump is not None]
-    assert len(tunnelled) == 1 and isinstance(tunnelled[0].sock, paramiko.Channel)
+    assert len(tunnelled) == 1
+    assert isinstance(tunnelled[0].sock.sock, paramiko.Channel)  # under fleet's BannerWatch
     assert r.stdout.split()[3] == str(ssh_fleet.hosts[3].port)
     assert run_command(host, "true", opts, pool).connection_reused
 

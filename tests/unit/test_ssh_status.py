@@ -272,9 +272,11 @@ def _stalled(sock: Any) -> FakeTransport:
     ("exc", "status", "words"),
     [
         (
+            # At once, well before the banner timeout: the peer closed, it did not stall
+            # (issue 11 point 5; the stall is tests/integration/test_banner.py's).
             paramiko.SSHException("Error reading SSH protocol banner"),
             Status.UNREACHABLE,
-            "no SSH banner",
+            "closed the connection before sending an SSH banner",
         ),
         (
             paramiko.SSHException("Error reading SSH protocol banner[Errno 104] reset"),
