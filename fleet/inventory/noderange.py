@@ -5,6 +5,10 @@ multi-dimensional ranges included). We put a strict gate in front of it: a name 
 checked against our own small grammar and its size is counted *before* NodeSet sees
 it, because NodeSet also understands operators (``,`` ``!`` ``&`` ``^``), ``@group``
 lookups in system config files, and will happily build a hundred million strings.
+
+Host patterns may put glob characters around the brackets (``host-[10-12]*``): with
+``globs=True`` the gate lets ``*`` and ``?`` through outside brackets, and NodeSet keeps
+them as plain characters of each name (``host-10*``, ``host-11*``, ``host-12*``).
 """
 
 from __future__ import annotations
@@ -56,19 +60,25 @@ def has_range(text: str) -> bool:
     return "[" in text or "]" in text
 
 
-def count_range(text: str) -> int:
+def _literal_problem(literal: str, globs: bool) -> str | None:
+    """Why `literal` (a name with its brackets replaced) is no valid name, or None."""
+    return name_problem(literal.replace("*", "x").replace("?", "x") if globs else literal)
+
+
+def count_range(text: str, *, globs: bool = False) -> int:
     """How many names `text` expands to, computed without expanding it.
 
     Exact up to `COUNT_CAP`; a larger result only says "more than `COUNT_CAP`".
 
     Raises `PatternError` when `text` is not a name with ``[...]`` ranges of our grammar:
-    items ``N``, ``N-M`` or ``N-M/STEP``, separated by commas.
+    items ``N``, ``N-M`` or ``N-M/STEP``, separated by commas. With `globs`, ``*`` and
+    ``?`` are allowed outside the brackets.
     """
     total = 1
     literal = _BRACKET.sub("0", text)
     if "[" in literal or "]" in literal:
         raise PatternError(f"bad range {_brief(text)}: unbalanced or nested brackets")
-    problem = name_problem(literal)
+    problem = _literal_problem(literal, globs)
     if problem:
         raise PatternError(f"bad range {_brief(text)}: {problem}")
     for body in _BRACKET.findall(text):
@@ -88,20 +98,21 @@ def count_range(text: str) -> int:
     return total
 
 
-def expand_hosts(text: str) -> list[str]:
+def expand_hosts(text: str, *, globs: bool = False) -> list[str]:
     """The names a host name with node ranges stands for, in NodeSet order.
 
     ``expand_hosts("rack[1-2]-node[01-02]")`` gives
     ``["rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02"]``; a name
-    without brackets gives itself. Raises `PatternError` for a malformed range or
-    name, or a range of more than `MAX_RANGE_HOSTS` names.
+    without brackets gives itself. With `globs`, ``*`` and ``?`` outside the brackets are
+    kept as they are in each name (a host pattern's globs). Raises `PatternError` for a
+    malformed range or name, or a range of more than `MAX_RANGE_HOSTS` names.
     """
     if not has_range(text):
-        problem = name_problem(text)
+        problem = _literal_problem(text, globs)
         if problem:
             raise PatternError(problem)
         return [text]
-    size = count_range(text)
+    size = count_range(text, globs=globs)
     if size > MAX_RANGE_HOSTS:
         raise PatternError(f"range {_brief(text)} expands to more than {MAX_RANGE_HOSTS} hosts")
     try:
@@ -115,14 +126,15 @@ def _brief(text: str) -> str:
     return repr(text) if len(text) <= 80 else repr(text[:60]) + f"... ({len(text)} characters)"
 
 
-def fold_hosts(names: Iterable[str]) -> str:
+def fold_hosts(names: Iterable[str], *, globs: bool = False) -> str:
     """Fold host names for display: ``web01 web02 web03 web04 web07`` -> ``web[01-04,07]``.
 
-    Names NodeSet could misread (holding a comma, a bracket...) are listed as they are.
+    Names NodeSet could misread (holding a comma, a bracket...) are listed as they are;
+    with `globs`, names holding ``*`` or ``?`` are folded too (``host-[16-17]*``).
     """
     names = list(dict.fromkeys(names))
-    plain = [n for n in names if name_problem(n) is None]
-    odd = sorted(n for n in names if name_problem(n) is not None)
+    plain = [n for n in names if _literal_problem(n, globs) is None]
+    odd = sorted(n for n in names if _literal_problem(n, globs) is not None)
     parts = []
     if plain:
         try:

@@ -151,3 +151,27 @@ def test_name_problem(name: object, fragment: str) -> None:
 def test_good_names() -> None:
     for name in ("web01", "web01.example.com", "10.0.0.1", "db_1", "x-y"):
         assert name_problem(name) is None
+
+
+def test_globs_around_brackets_are_kept_in_each_name_when_allowed() -> None:
+    assert expand_hosts("host-[10-12]*", globs=True) == ["host-10*", "host-11*", "host-12*"]
+    assert expand_hosts("*-n[1-2]?", globs=True) == ["*-n1?", "*-n2?"]
+    assert expand_hosts("web*", globs=True) == ["web*"]
+    assert count_range("a[1-2]*b[3-4]", globs=True) == 4
+
+
+@pytest.mark.parametrize("text", ["host-[10-12]*", "web?[1-2]", "web*"])
+def test_globs_are_refused_by_default(text: str) -> None:
+    with pytest.raises(PatternError, match="reserve"):
+        expand_hosts(text)
+
+
+@pytest.mark.parametrize("text", ["web[1-2*]", "web[*]", "-*[1-2]", "a b*[1]", "web*[1-2]!x"])
+def test_globs_inside_brackets_or_with_bad_names_stay_refused(text: str) -> None:
+    with pytest.raises(PatternError):
+        expand_hosts(text, globs=True)
+
+
+def test_fold_globs() -> None:
+    assert fold_hosts(["host-16*", "host-17*"], globs=True) == "host-[16-17]*"
+    assert fold_hosts(["host-16*", "host-17*"]) == "host-16*,host-17*"  # verbatim by default
