@@ -105,17 +105,37 @@ def resolve_target(host: Host, ssh_config: str | None) -> Target:
     user = host.user or entry.user or getpass.getuser()
     identities = ((host.identity_file,) if host.identity_file else ()) + entry.identity_files
     identities = tuple(dict.fromkeys(os.path.expanduser(p) for p in identities))
-    jump_spec = host.jump or entry.proxy_jump
-    jump = parse_jump(jump_spec, ssh_config, identities) if jump_spec else None
+    # The inventory wins: `jump: none` means no jump host, whatever ssh config says.
+    jump_spec = (None if host.jump and host.jump.strip().lower() == "none" else host.jump) or (
+        None if host.jump else entry.proxy_jump
+    )
+    jump = parse_jump(jump_spec, ssh_config, identities, (host.name,)) if jump_spec else None
     return Target(host.name, address, port, user, identities, host.password_env, jump)
 
 
-def parse_jump(spec: str, ssh_config: str | None, identities: tuple[str, ...]) -> Target:
-    """`[user@]host[:port]`, comma-separated for several hops (first hop first)."""
+def parse_jump(
+    spec: str,
+    ssh_config: str | None,
+    identities: tuple[str, ...],
+    chain: tuple[str, ...] = (),
+) -> Target:
+    """`[user@]host[:port]`, comma-separated for several hops (first hop first).
+
+    As OpenSSH does (ssh(1) -J: the first hop is reached with its own configuration),
+    the first hop's own ``ProxyJump`` in ssh config is followed, recursively: web003
+    -> bastion2 (ProxyJump bastion1) is reached through bastion1, then bastion2.
+    `chain` holds the names already on the way, so a loop is a `ValueError` naming it.
+    """
     hop: Target | None = None
-    for part in spec.split(","):
+    for index, part in enumerate(spec.split(",")):
         user, address, port = _split_hop(part.strip())
         entry = lookup(ssh_config, address)
+        if address in chain:
+            raise ValueError(f"jump hosts loop: {' -> '.join((*chain, address))}")
+        if len(chain) >= MAX_JUMP_DEPTH:
+            raise ValueError(f"jump chain longer than {MAX_JUMP_DEPTH}: {' -> '.join(chain)}")
+        if index == 0 and entry.proxy_jump:
+            hop = parse_jump(entry.proxy_jump, ssh_config, identities, (*chain, address))
         keys = tuple(dict.fromkeys(entry.identity_files + identities))
         hop = Target(
             name=address,
@@ -128,6 +148,9 @@ def parse_jump(spec: str, ssh_config: str | None, identities: tuple[str, ...]) -
     if hop is None:
         raise ValueError(f"empty jump host specification {spec!r}")
     return hop
+
+
+MAX_JUMP_DEPTH = 8
 
 
 def _split_hop(text: str) -> tuple[str | None, str, int | None]:
