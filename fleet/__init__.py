@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
 from fleet.results import HostResult, RunReport, Status
+from fleet.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from fleet.api import RunHandle, run
 
 __all__ = ["FleetError", "HostResult", "RunHandle", "RunReport", "Status", "run"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

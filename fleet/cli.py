@@ -8,7 +8,8 @@ Exit codes: 0 every host ok; 1 some host not ok; 2 usage or input error;
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ EXIT_INTERNAL = 70
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _escape_unencodable_output()
     parser = build_parser(_HANDLERS)
     try:
         args = parser.parse_args(argv)
@@ -63,6 +65,15 @@ def main_exit() -> None:
     sys.exit(main())
 
 
+def _escape_unencodable_output() -> None:
+    """For every print: what stdout/stderr cannot encode (locale, PYTHONIOENCODING) is
+    written as an escape (``\\xe9``), never raised. Hosts decide what their output holds."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, OSError):  # closed, or a broken pipe
+                stream.reconfigure(errors="backslashreplace")
+
+
 def _print_error(exc: FleetError) -> None:
     lines = exc.render().splitlines() if isinstance(exc, InventoryError) else [str(exc)]
     for line in lines:
@@ -85,12 +96,14 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     settings = _settings(args)
     hosts = _select(args.group or args.pattern, settings)
     if args.json:
+        from fleet.report.contract import dumps_json
+
         doc = [
             {k: v for k, v in h.to_dict().items() if k not in ("env", "vars")}
             | {"vars": dict(h.vars)}
             for h in hosts
         ]
-        print(json.dumps(doc, indent=2, default=str))
+        sys.stdout.write(dumps_json(doc))
         return EXIT_OK
     from fleet.textsafe import make_visible
 
@@ -108,8 +121,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fleet.command import ExecOptions
-    from fleet.lifecycle import RunRequest
+    from fleet.lifecycle import RunRequest, check_command
 
+    check_command(args.command)  # before the inventory is even read
     settings = _settings(
         args,
         command_timeout=args.timeout,
@@ -330,7 +344,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 }
             )
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        from fleet.report.contract import dumps_json
+
+        sys.stdout.write(dumps_json(rows))
         return EXIT_OK
     from fleet.report import render_schedules
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fleet.celery_config import DEFAULT_CONCURRENCY, DEFAULT_POOL, POOLS
 from fleet.inventory.hosts import DEFAULT_QUEUE
+from fleet.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +48,7 @@ def build_parser(
         description="Run a command on many hosts over SSH and know what happened on each.",
         parents=[_common_options(on_subcommand=False)],
     )
+    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     hosts = sub.add_parser("hosts", parents=[common], help="list the hosts a pattern selects")

@@ -58,6 +58,16 @@ class RunRequest:
     deadline_s: float | None = None  # None: derived from the timeouts and the host count
     schedule: str | None = None  # set when Celery beat fires an inventory schedule
 
+    def __post_init__(self) -> None:
+        check_command(self.command)
+
+
+def check_command(command: str) -> None:
+    """Raise `UsageError` for an empty or blank command (it would run a login shell's
+    nothing on every host and report success)."""
+    if not command.strip():
+        raise UsageError("empty command: give a shell command to run (e.g. uptime)")
+
 
 def new_run_id() -> str:
     """Sortable by time, short enough to type: 20261123-221807-3fa9c2."""

@@ -2,7 +2,9 @@
 
 JSON contract (``fleet run --json``, ``fleet report RUN_ID --json``)
 --------------------------------------------------------------------
-One JSON document (UTF-8, ending with a newline)::
+One JSON document, ASCII-safe (every non-ASCII character is written as a ``\\uXXXX``
+escape, so it reads the same whatever the terminal's or the reader's encoding), ending
+with a newline::
 
     {
       "run_id": "r-20240101-abcd",        # the run's id
@@ -22,6 +24,7 @@ One JSON document (UTF-8, ending with a newline)::
                                           # interrupted
           "exit_code": 0,                 # null when the command did not run to an end
           "stdout": "...", "stderr": "...",          # as kept (capped), UTF-8 decoded
+                                          # (so "café" is written "caf\\u00e9")
           "stdout_truncated": false, "stderr_truncated": false,
           "stdout_bytes": 42, "stderr_bytes": 0,     # bytes the host sent, also past the cap
           "duration_s": 0.21,             # null when it never ran
@@ -34,13 +37,16 @@ One JSON document (UTF-8, ending with a newline)::
     }
 
 Text that was not valid UTF-8 on the host arrives replacement-decoded; any lone
-surrogate left is written as U+FFFD, so the document is valid UTF-8 for every
-parser. Non-finite numbers are written as null.
+surrogate left is written as U+FFFD (``\\ufffd``), so every escape decodes to valid
+Unicode in every parser. Non-finite numbers are written as null.
 
 ``fleet runs --json``: a JSON list, newest first, one object per run with ``run_id``,
 ``command``, ``pattern``, ``state``, ``started_at``, ``finished_at``, ``user`` (who
 submitted it: ``user@host``, or ``beat@host``), ``schedule`` (the inventory schedule
 that fired it, or null), ``hosts_total`` and ``counts`` (every status).
+
+``fleet hosts --json`` and ``fleet schedules --json`` are written the same way
+(`dumps_json`: ASCII-safe, lone surrogates as U+FFFD, non-finite numbers as null).
 
 Fields are only ever added, never renamed or removed: scripts may rely on these.
 """
@@ -116,7 +122,15 @@ def report_json_dict(report: RunReport) -> dict[str, Any]:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    # ASCII-safe: a report must print on any terminal encoding and parse in any decoder.
+    return json.dumps(data, ensure_ascii=True, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def dumps_json(value: Any) -> str:
+    """Any JSON document fleet prints (`fleet hosts --json`, `fleet schedules --json`):
+    cleaned as the contract is, ASCII-safe, ending with a newline; a value JSON has no
+    type for is written as its ``str``."""
+    return _dumps(_clean(value))
 
 
 def render_json(report: RunReport) -> str:

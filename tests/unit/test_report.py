@@ -247,9 +247,11 @@ def test_json_survives_lone_surrogates_and_nan() -> None:
     assert "NaN" not in text
 
 
-def test_json_keeps_non_ascii_readable() -> None:
+def test_json_is_ascii_safe_and_decodes_to_the_same_text() -> None:
     report = make_report([ok("h", out="日本 ✓\n")])
-    assert "日本 ✓" in render.render_json(report)
+    text = render.render_json(report)
+    assert text.isascii() and "\\u65e5\\u672c \\u2713" in text
+    assert json.loads(text)["results"][0]["stdout"] == "日本 ✓\n"
 
 
 # --- HTML ----------------------------------------------------------------------------
