@@ -242,6 +242,8 @@ class Clock:
             stderr_truncated=stderr.truncated,
             stdout_bytes=stdout.total,
             stderr_bytes=stderr.total,
+            stdout_kept_bytes=stdout.kept,
+            stderr_kept_bytes=stderr.kept,
             error=error,
             connection_reused=connection_reused,
             remote_kill_confirmed=kill_confirmed if timed_out else None,

@@ -67,6 +67,10 @@ class HostResult:
     stderr_truncated: bool = False
     stdout_bytes: int = 0  # total bytes the host sent, also beyond the cap
     stderr_bytes: int = 0
+    # Bytes kept of each stream, before decoding (None: not known, an older record):
+    # replacement-decoded text may be longer than what was kept.
+    stdout_kept_bytes: int | None = None
+    stderr_kept_bytes: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None

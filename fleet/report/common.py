@@ -74,7 +74,9 @@ def truncation_notes(members: Sequence[HostResult]) -> list[str]:
             if getattr(r, f"{stream}_truncated"):
                 by_sent.setdefault(getattr(r, f"{stream}_bytes"), []).append(r)
         for sent, hosts in by_sent.items():
-            kept = len(getattr(hosts[0], stream).encode("utf-8", "surrogatepass"))
+            kept = getattr(hosts[0], f"{stream}_kept_bytes")
+            if kept is None:  # a record from before the field: the text's own size
+                kept = len(getattr(hosts[0], stream).encode("utf-8", "surrogatepass"))
             where = (
                 "" if len(hosts) == len(members) else f" on {fold_hosts([h.host for h in hosts])}"
             )

@@ -27,6 +27,8 @@ with a newline::
                                           # (so "café" is written "caf\\u00e9")
           "stdout_truncated": false, "stderr_truncated": false,
           "stdout_bytes": 42, "stderr_bytes": 0,     # bytes the host sent, also past the cap
+          "stdout_kept_bytes": 42, "stderr_kept_bytes": 0,  # bytes kept (at most the cap),
+                                          # before decoding; null in records older than it
           "duration_s": 0.21,             # null when it never ran
           "started_at": "...", "finished_at": "...",
           "error": null,                  # why it is not ok, in an operator's words
@@ -90,6 +92,8 @@ _RESULT_KEYS = [
     "stderr_truncated",
     "stdout_bytes",
     "stderr_bytes",
+    "stdout_kept_bytes",
+    "stderr_kept_bytes",
     "duration_s",
     "started_at",
     "finished_at",

@@ -214,8 +214,12 @@ def run_command(
             Status.ERROR,
             stdout=stdout.text(),
             stderr=stderr.text(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
             stdout_bytes=stdout.total,
             stderr_bytes=stderr.total,
+            stdout_kept_bytes=stdout.kept,
+            stderr_kept_bytes=stderr.kept,
             connection_reused=lease.reused,
             error=f"connection lost while the command ran (it may have run): {_words(exc)}",
         )

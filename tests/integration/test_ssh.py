@@ -297,6 +297,17 @@ def test_large_output_on_both_streams(
     assert r.stdout_bytes == r.stderr_bytes == 5_000_000
     assert r.stdout_truncated and r.stderr_truncated
     assert r.stdout == "a" * (1 << 20) and r.stderr == "b" * (1 << 20)
+    assert r.stdout_kept_bytes == r.stderr_kept_bytes == 1 << 20
+
+
+def test_kept_bytes_of_invalid_utf8_are_the_cap_not_the_decoded_size(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    options = ExecOptions.from_dict({**opts.to_dict(), "output_cap": 1000})
+    r = run(ssh_fleet, "head -c 3000 /dev/zero | tr '\\0' '\\377'", options, pool)
+    assert r.status is Status.OK, r.error
+    assert r.stdout_bytes == 3000 and r.stdout_kept_bytes == 1000 and r.stdout_truncated
+    assert r.stdout == "\ufffd" * 1000  # 3000 bytes once encoded: not what was kept
 
 
 def test_non_utf8_output_round_trips_as_json(

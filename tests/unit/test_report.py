@@ -31,6 +31,8 @@ RESULT_KEYS = [
     "stderr_truncated",
     "stdout_bytes",
     "stderr_bytes",
+    "stdout_kept_bytes",
+    "stderr_kept_bytes",
     "duration_s",
     "started_at",
     "finished_at",
@@ -141,6 +143,16 @@ def test_truncation_is_noted() -> None:
     )
     text = render.render_text(make_report([big]))
     assert "(stdout truncated: 5242880 bytes sent, 1048576 kept)" in text
+
+
+def test_truncation_note_says_the_bytes_kept_not_the_decoded_text_size() -> None:
+    # 1 MiB of invalid UTF-8 kept: decoded, each byte is U+FFFD (3 bytes in UTF-8).
+    binary = HostResult(
+        "web01", Status.OK, exit_code=0, stdout="\ufffd" * 1048576, stdout_truncated=True,
+        stdout_bytes=2097152, stdout_kept_bytes=1048576,
+    )  # fmt: skip
+    text = render.render_text(make_report([binary]))
+    assert "(stdout truncated: 2097152 bytes sent, 1048576 kept)" in text
 
 
 def test_no_output_and_timeouts_are_said() -> None:
