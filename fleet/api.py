@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fleet.command import ExecOptions
 from fleet.inventory.loader import load_inventory
-from fleet.lifecycle import RunRequest
+from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
 from fleet.results import RunReport
 from fleet.session import RunSession
 from fleet.settings import Settings
@@ -83,6 +83,9 @@ def run(
     options = ExecOptions.from_settings(
         settings, become=True if sudo else None, env=dict(env or {})
     )
+    given = {"command_timeout"} if timeout is not None else set()
+    given |= {"connect_timeout"} if connect_timeout is not None else set()
+    options = fit_timeouts(options, settings.deadline, chosen_timeouts(settings, given))
     session = RunSession(settings).__enter__()
     try:
         record = session.submit(RunRequest(command, pattern, hosts, options, settings.deadline))

@@ -121,7 +121,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fleet.command import ExecOptions
-    from fleet.lifecycle import RunRequest, check_command
+    from fleet.lifecycle import RunRequest, check_command, chosen_timeouts, fit_timeouts
 
     check_command(args.command)  # before the inventory is even read
     settings = _settings(
@@ -139,6 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         become_user=args.sudo_user,
         env=_parse_env(args.env),
     )
+    given = {"command_timeout"} if args.timeout is not None else set()
+    given |= {"connect_timeout"} if args.connect_timeout is not None else set()
+    options = fit_timeouts(options, settings.deadline, chosen_timeouts(settings, given))
     request = RunRequest(args.command, args.group, hosts, options, settings.deadline)
     if args.html:
         _check_writable(args.html)

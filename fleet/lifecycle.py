@@ -18,7 +18,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -27,6 +27,7 @@ from fleet.command import ExecOptions
 from fleet.errors import BackendError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.results import HostResult, RunReport, Status, utc_now
+from fleet.settings import DEFAULTS, Settings
 from fleet.store.protocol import RunStore
 
 #: Slots assumed when sizing a default deadline for many hosts.
@@ -87,6 +88,60 @@ def run_deadline_s(request: RunRequest) -> float:
             "lower --timeout or raise --deadline"
         )
     return deadline_s
+
+
+#: How each timeout is set, for messages about the ones a user chose.
+TIMEOUT_SOURCES = {
+    "command_timeout": "--timeout",
+    "connect_timeout": "--connect-timeout",
+    "auth_timeout": "FLEET_AUTH_TIMEOUT",
+}
+#: A command timeout shrunk to fit a deadline keeps at least this much (seconds).
+MIN_FITTED_COMMAND_S = 1.0
+
+
+def fit_timeouts(
+    options: ExecOptions, deadline_s: float | None, explicit: Collection[str]
+) -> ExecOptions:
+    """`options` with the timeouts the user did not choose shrunk so one host's limits
+    fit a deadline the user chose (`deadline_s`, seconds): ``--deadline 60`` alone runs
+    with a 40 s command timeout instead of being refused for the 300 s default.
+
+    The command timeout gives way first; only when that is not enough do the connect and
+    auth timeouts shrink too, in proportion. `explicit` names the `TIMEOUT_SOURCES` keys
+    the user set: those never change. Raises `UsageError` naming them when they alone
+    do not fit.
+    """
+    budget = host_budget(options)
+    if deadline_s is None or budget <= deadline_s:
+        return options
+    chosen = {name: getattr(options, name) for name in TIMEOUT_SOURCES if name in explicit}
+    free = {name: getattr(options, name) for name in TIMEOUT_SOURCES if name not in explicit}
+    room = deadline_s - sum(chosen.values())
+    if not free or room <= 0:
+        said = " + ".join(f"{TIMEOUT_SOURCES[n]} {v:g}s" for n, v in chosen.items())
+        raise UsageError(
+            f"--deadline {deadline_s:g}s is shorter than one host's own limits you set "
+            f"({said}): lower them or raise --deadline"
+        )
+    fitted = dict(free)
+    others = sum(v for n, v in free.items() if n != "command_timeout")
+    if "command_timeout" in free and room - others >= MIN_FITTED_COMMAND_S:
+        fitted["command_timeout"] = room - others
+    else:
+        scale = room / sum(free.values())
+        fitted = {name: value * scale for name, value in free.items()}
+    return replace(options, **fitted)
+
+
+def chosen_timeouts(settings: Settings, given: Collection[str] = ()) -> set[str]:
+    """The `TIMEOUT_SOURCES` a user chose: `given` (on the command line, to `fleet.run`,
+    in a schedule) or set to other than the default (their ``FLEET_*`` variables)."""
+    return {
+        name
+        for name in TIMEOUT_SOURCES
+        if name in given or getattr(settings, name) != getattr(DEFAULTS, name)
+    }
 
 
 def host_budget(options: ExecOptions) -> float:

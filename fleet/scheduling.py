@@ -22,7 +22,7 @@ from fleet.command import ExecOptions
 from fleet.errors import FleetError, PatternError
 from fleet.inventory.loader import Inventory
 from fleet.inventory.schedules import Schedule
-from fleet.lifecycle import RunRequest
+from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
 from fleet.results import RunRecord
 from fleet.settings import Settings
 from fleet.store.protocol import RunStore
@@ -69,6 +69,8 @@ def request_for(schedule: Schedule, inventory: Inventory, settings: Settings) ->
         overrides["become"] = True
         overrides["become_user"] = schedule.sudo_user
     options = ExecOptions.from_settings(settings, **overrides)
+    given = {n for n in ("command_timeout", "connect_timeout") if n in overrides}
+    options = fit_timeouts(options, schedule.deadline, chosen_timeouts(settings, given))
     return RunRequest(
         schedule.command,
         schedule.group,

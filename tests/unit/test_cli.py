@@ -151,6 +151,7 @@ def test_deadline_shorter_than_one_hosts_limits_is_refused_before_running(
     inv = write(tmp_path, INVENTORY)
     marker = tmp_path / "ran"
     argv = ["run", f"touch {marker}", "--group", "local", "-i", str(inv), "--deadline", "5"]
+    argv += ["--timeout", "60"]  # only a timeout the user chose can make a deadline too short
     assert main(argv) == 2
     assert "--deadline" in capsys.readouterr().err
     assert not marker.exists()
@@ -207,3 +208,15 @@ def test_worker_bad_concurrency_is_a_usage_error(
 ) -> None:
     assert main(["worker", "-c", value]) == 2
     assert "concurrency" in capsys.readouterr().err
+
+
+def test_a_deadline_alone_is_accepted_and_chosen_timeouts_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write(tmp_path, INVENTORY)
+    assert main(["run", "true", "-g", "local", "-i", str(inv), "--deadline", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["ok"] == 1
+    argv = ["run", "true", "-g", "local", "-i", str(inv), "--deadline", "5", "--timeout", "10"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--timeout 10s" in err and "--deadline 5s" in err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet.command import ExecOptions
-from fleet.errors import BackendError
+from fleet.errors import BackendError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.lifecycle import ASSUMED_SLOTS, RunRequest, default_deadline, new_run_id, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
@@ -20,6 +20,7 @@ from fleet.runs import (
     queue_for,
     task_host,
 )
+from fleet.settings import Settings
 from fleet.store.sqlite_store import SqliteRunStore
 
 EU = Host("web01", "10.0.0.1", user="deploy", queue="dc-eu", vars={"rack": 3}, env={"A": "1"})
@@ -174,3 +175,46 @@ def test_follow_raises_when_the_store_stays_down_past_the_grace(tmp_path: Path) 
         assert time.monotonic() - started < 5
     finally:
         store.close()
+
+
+# --- a deadline the user chose: the timeouts they did not choose give way --------------
+
+
+def test_a_deadline_alone_shrinks_the_default_command_timeout() -> None:
+    from fleet.lifecycle import fit_timeouts
+
+    options = ExecOptions(command_timeout=300, connect_timeout=10, auth_timeout=10)
+    fitted = fit_timeouts(options, 60, explicit=set())
+    assert (fitted.command_timeout, fitted.connect_timeout, fitted.auth_timeout) == (40, 10, 10)
+    assert fit_timeouts(options, 400, explicit=set()) is options  # fits already
+
+
+def test_a_very_short_deadline_shrinks_every_timeout_not_chosen() -> None:
+    from fleet.lifecycle import fit_timeouts, host_budget
+
+    options = ExecOptions(command_timeout=300, connect_timeout=10, auth_timeout=10)
+    fitted = fit_timeouts(options, 5, explicit=set())
+    assert host_budget(fitted) == pytest.approx(5)
+    assert fitted.connect_timeout < 10 and fitted.command_timeout > 0
+
+
+def test_timeouts_the_user_chose_never_change_and_are_named_when_too_long() -> None:
+    from fleet.lifecycle import fit_timeouts
+
+    options = ExecOptions(command_timeout=30, connect_timeout=10, auth_timeout=10)
+    fitted = fit_timeouts(options, 35, explicit={"command_timeout"})
+    assert fitted.command_timeout == 30
+    assert fitted.connect_timeout + fitted.auth_timeout == pytest.approx(5)
+    with pytest.raises(UsageError, match=r"--deadline 25s .* you set \(--timeout 30s\)"):
+        fit_timeouts(options, 25, explicit={"command_timeout"})
+    with pytest.raises(UsageError, match=r"--timeout 30s \+ --connect-timeout 10s"):
+        fit_timeouts(options, 20, explicit={"command_timeout", "connect_timeout"})
+
+
+def test_chosen_timeouts_are_the_given_ones_and_those_set_in_the_environment() -> None:
+    from fleet.lifecycle import chosen_timeouts
+
+    assert chosen_timeouts(Settings.load(env={})) == set()
+    assert chosen_timeouts(Settings.load(env={}), {"command_timeout"}) == {"command_timeout"}
+    env = {"FLEET_AUTH_TIMEOUT": "3"}
+    assert chosen_timeouts(Settings.load(env=env)) == {"auth_timeout"}
