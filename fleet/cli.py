@@ -219,7 +219,7 @@ def _detach(session: Any, run_id: str) -> int:
     else:
         print(
             f"fleet: detached from run {run_id}; it goes on. Follow it with: "
-            f"fleet report {run_id}   (stop it with: fleet cancel {run_id})",
+            f"fleet report --follow {run_id}   (stop it with: fleet cancel {run_id})",
             file=sys.stderr,
         )
     return EXIT_INTERRUPTED
@@ -235,7 +235,7 @@ def _parse_env(items: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def _emit_report(report: Any, args: argparse.Namespace) -> int:
+def _emit_report(report: Any, args: argparse.Namespace, *, header: bool = False) -> int:
     from fleet import report as render
 
     if args.json:
@@ -246,7 +246,11 @@ def _emit_report(report: Any, args: argparse.Namespace) -> int:
         width = _terminal_width()
         sys.stdout.write(
             render.render_text(
-                report, color=wants_color(sys.stdout), width=width, verbose=args.verbose
+                report,
+                color=wants_color(sys.stdout),
+                width=width,
+                verbose=args.verbose,
+                header=header,
             )
         )
     sys.stdout.flush()
@@ -271,12 +275,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
         reports = session.list_reports(limit=args.limit, host=args.host)
     runs = [r.run for r in reports]
     counts = {r.run.run_id: r.counts() for r in reports}
+    host_status = None
+    if args.host:  # that host's own status in each run ("pending" while it has none)
+        host_status = {
+            r.run.run_id: next(
+                (x.status.value for x in r.results if x.host == args.host), "pending"
+            )
+            for r in reports
+        }
     if args.json:
-        sys.stdout.write(render.runs_json(runs, counts))
+        sys.stdout.write(render.runs_json(runs, counts, host_status))
     else:
         from fleet.console import wants_color
 
-        sys.stdout.write(render.render_runs(runs, counts, color=wants_color(sys.stdout)))
+        color = wants_color(sys.stdout)
+        sys.stdout.write(render.render_runs(runs, counts, color=color, host_status=host_status))
     return EXIT_OK
 
 
@@ -285,7 +298,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with RunSession(_settings(args)) as session:
         report = session.report(args.run_id)
-    return _emit_report(report, args)
+        if args.follow and not report.is_complete:
+            from fleet.console import ProgressDisplay
+
+            run = report.run
+            try:
+                with ProgressDisplay(run.command, len(run.hosts), enabled=not args.json) as bar:
+                    followed = session.follow(args.run_id, on_progress=bar.update)
+            except KeyboardInterrupt:
+                return _detach(session, args.run_id)
+            report = followed if followed is not None else session.report(args.run_id)
+    return _emit_report(report, args, header=True)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -87,17 +87,25 @@ def build_parser(
     run.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
     run.set_defaults(handler=handlers["cmd_run"])
 
-    runs = sub.add_parser("runs", parents=[common], help="list past runs")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.add_argument("--host", help="only runs that included this host")
-    runs.add_argument("--json", action="store_true")
+    runs = sub.add_parser("runs", parents=[common], help="list past runs, newest first")
+    runs.add_argument("--limit", type=_positive_int, default=20, help="how many runs (default 20)")
+    runs.add_argument("--host", help="only runs that included this host, with its status in each")
+    runs.add_argument("--json", action="store_true", help="one JSON document on stdout")
     runs.set_defaults(handler=handlers["cmd_runs"])
 
     report = sub.add_parser("report", parents=[common], help="show a run's report")
-    report.add_argument("run_id")
-    report.add_argument("--json", action="store_true")
-    report.add_argument("--html", type=Path, metavar="FILE")
-    report.add_argument("--verbose", "-v", action="store_true")
+    report.add_argument("run_id", help="the run's id (fleet runs lists them)")
+    report.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="a run still going: show its progress until it ends (Ctrl-C detaches again)",
+    )
+    report.add_argument("--json", action="store_true", help="the JSON report on stdout")
+    report.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    report.add_argument(
+        "--verbose", "-v", action="store_true", help="show every host's output and a host table"
+    )
     report.set_defaults(handler=handlers["cmd_report"])
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run's unstarted hosts")

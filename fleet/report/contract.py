@@ -45,7 +45,8 @@ Unicode in every parser. Non-finite numbers are written as null.
 ``fleet runs --json``: a JSON list, newest first, one object per run with ``run_id``,
 ``command``, ``pattern``, ``state``, ``started_at``, ``finished_at``, ``user`` (who
 submitted it: ``user@host``, or ``beat@host``), ``schedule`` (the inventory schedule
-that fired it, or null), ``hosts_total`` and ``counts`` (every status).
+that fired it, or null), ``hosts_total`` and ``counts`` (every status); with ``--host H``,
+also ``host_status`` (H's status in that run, ``pending`` while it has none).
 
 ``fleet hosts --json`` and ``fleet schedules --json`` are written the same way
 (`dumps_json`: ASCII-safe, lone surrogates as U+FFFD, non-finite numbers as null).
@@ -143,9 +144,12 @@ def render_json(report: RunReport) -> str:
 
 
 def runs_json(
-    runs: Sequence[RunRecord], counts: Mapping[str, Mapping[str, int]] | None = None
+    runs: Sequence[RunRecord],
+    counts: Mapping[str, Mapping[str, int]] | None = None,
+    host_status: Mapping[str, str] | None = None,
 ) -> str:
-    """`fleet runs --json`: a JSON list, newest first as given, one object per run."""
+    """`fleet runs --json`: a JSON list, newest first as given, one object per run; with
+    `host_status` (``fleet runs --host H``), each object also has ``host_status``."""
     counts = counts or {}
     doc = [
         {
@@ -160,6 +164,7 @@ def runs_json(
             "hosts_total": len(run.hosts),
             "counts": {s.value: int(counts.get(run.run_id, {}).get(s.value, 0)) for s in Status},
         }
+        | ({"host_status": host_status.get(run.run_id)} if host_status is not None else {})
         for run in runs
     ]
     return _dumps(_clean(doc))

@@ -140,14 +140,23 @@ def _host_table(doc: _Doc, report: RunReport) -> None:
 
 
 def render_text(
-    report: RunReport, *, color: bool = False, width: int = 100, verbose: bool = False
+    report: RunReport,
+    *,
+    color: bool = False,
+    width: int = 100,
+    verbose: bool = False,
+    header: bool = False,
 ) -> str:
-    """The report for a person: gathered outputs, failures, slowest hosts, a summary.
+    """The report for a person: gathered outputs, failures, slowest hosts, a summary;
+    with `header`, first what the run was (``fleet report``: id, command, pattern,
+    state, who, when).
 
     With ``color=False`` the result holds no escape sequence at all; with ``color=True``
     only rich's own styling ones (host text is made visible first either way).
     """
     doc = _Doc()
+    if header:
+        _header(doc, report.run)
     by_host = {r.host: r for r in report.results}
     for group in report.gathered():
         _output_block(doc, group, [by_host[h] for h in group.hosts])
@@ -167,6 +176,22 @@ def render_text(
     doc.line()
     doc.line(render_summary_line(report), "bold green" if exit_code(report) == EXIT_OK else "bold")
     return doc.render(color=color, width=width)
+
+
+def _header(doc: _Doc, run: RunRecord) -> None:
+    by = f"schedule {run.schedule} ({run.user})" if run.schedule else run.user or "-"
+    ended = f", finished {_short_time(run.finished_at)}" if run.finished_at else ""
+    rows = [
+        ("run", run.run_id),
+        ("command", run.command),
+        ("pattern", run.pattern),
+        ("state", f"{run.state} ({len(run.hosts)} hosts)"),
+        ("by", by),
+        ("when", f"started {_short_time(run.created_at)} UTC{ended}"),
+    ]
+    for label, value in rows:
+        doc.line(f"{label + ':':<9}{make_visible_line(value)}")
+    doc.line()
 
 
 def render_summary_line(report: RunReport) -> str:
@@ -196,13 +221,17 @@ def render_runs(
     counts: Mapping[str, Mapping[str, int]] | None = None,
     *,
     color: bool = False,
+    host_status: Mapping[str, str] | None = None,
 ) -> str:
     """The table for ``fleet runs``: id, start, state, hosts, results by status, who
-    submitted it (``schedule: NAME`` for Celery beat's firings), command."""
+    submitted it (``schedule: NAME`` for Celery beat's firings), command; with
+    `host_status` (``fleet runs --host H``) H's own status in each run after the state."""
     if not runs:
         return "no runs\n"
     counts = counts or {}
-    rows = [("RUN ID", "STARTED (UTC)", "STATE", "HOSTS", "RESULTS", "BY", "COMMAND")]
+    rows: list[tuple[str, ...]] = [
+        ("RUN ID", "STARTED (UTC)", "STATE", "HOSTS", "RESULTS", "BY", "COMMAND")
+    ]
     for run in runs:
         by_status = counts.get(run.run_id, {})
         results = ", ".join(
@@ -224,6 +253,9 @@ def render_runs(
                 command,
             )
         )
+    if host_status is not None:
+        column = ["HOST"] + [make_visible_line(host_status.get(r.run_id, "-")) for r in runs]
+        rows = [(*row[:3], cell, *row[3:]) for row, cell in zip(rows, column, strict=True)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     doc = _Doc()
     for n, row in enumerate(rows):

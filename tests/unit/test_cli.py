@@ -220,3 +220,33 @@ def test_a_deadline_alone_is_accepted_and_chosen_timeouts_are_named(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--timeout 10s" in err and "--deadline 5s" in err
+
+
+def test_report_has_a_header_and_runs_host_shows_that_hosts_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_HOME", str(tmp_path / "home"))
+    inv = write(tmp_path, INVENTORY)
+    assert main(["run", "echo hi", "-g", "local", "-i", str(inv), "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert main(["run", "exit 3", "-g", "local", "-i", str(inv), "--json"]) == 1
+    capsys.readouterr()
+
+    assert main(["report", run_id, "-i", str(inv)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"run:     {run_id}"
+    assert out[1] == "command: echo hi" and out[2] == "pattern: local"
+    assert out[3].startswith("state:   finished (1 hosts)") and out[5].startswith(
+        "when:    started"
+    )
+
+    assert main(["runs", "--host", "localhost", "--json", "-i", str(inv)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["host_status"] for r in doc] == ["failed", "ok"]  # newest first
+    assert main(["runs", "--host", "localhost", "-i", str(inv)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    column = table[0].index("HOST")
+    assert table[1][column:].startswith("failed") and table[2][column:].startswith("ok")
+    # --follow on a finished run is its report at once.
+    assert main(["report", "--follow", run_id, "-i", str(inv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == run_id
