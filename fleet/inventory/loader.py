@@ -118,7 +118,8 @@ def load_inventory(path: str | Path) -> Inventory:
         with open(path, "rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)  # a cap, even for /dev/zero
     except FileNotFoundError:
-        raise InventoryError(source, InventoryProblem("", "no such file")) from None
+        hint = "no such file (name the inventory with -i PATH or FLEET_INVENTORY)"
+        raise InventoryError(source, InventoryProblem("", hint)) from None
     except OSError as exc:
         raise InventoryError(source, InventoryProblem("", f"cannot read: {exc.strerror}")) from exc
     if len(data) > MAX_FILE_BYTES:

@@ -759,7 +759,9 @@ def test_load_missing_file_names_it(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(InventoryError) as err:
         load_inventory(path)
-    assert str(err.value) == f"{path}: no such file"
+    assert str(err.value) == (
+        f"{path}: no such file (name the inventory with -i PATH or FLEET_INVENTORY)"
+    )
 
 
 def test_load_directory(tmp_path: Path) -> None:
