@@ -184,6 +184,20 @@ class CappedBuffer:
         return b"".join(self._chunks).decode("utf-8", errors="replace")
 
 
+def streams(stdout: CappedBuffer, stderr: CappedBuffer) -> dict[str, Any]:
+    """A result's output fields from both streams' buffers (text as kept, flags, sizes)."""
+    return {
+        "stdout": stdout.text(),
+        "stderr": stderr.text(),
+        "stdout_truncated": stdout.truncated,
+        "stderr_truncated": stderr.truncated,
+        "stdout_bytes": stdout.total,
+        "stderr_bytes": stderr.total,
+        "stdout_kept_bytes": stdout.kept,
+        "stderr_kept_bytes": stderr.kept,
+    }
+
+
 class Clock:
     """Start time of one host's work, for the result's times and duration."""
 
@@ -236,14 +250,7 @@ class Clock:
             host,
             status,
             exit_code=exit_code,
-            stdout=stdout.text(),
-            stderr=stderr.text(),
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            stdout_bytes=stdout.total,
-            stderr_bytes=stderr.total,
-            stdout_kept_bytes=stdout.kept,
-            stderr_kept_bytes=stderr.kept,
+            **streams(stdout, stderr),
             error=error,
             connection_reused=connection_reused,
             remote_kill_confirmed=kill_confirmed if timed_out else None,

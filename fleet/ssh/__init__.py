@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from fleet.command import CappedBuffer, Clock, ExecOptions, build_invocation
+from fleet.command import CappedBuffer, Clock, ExecOptions, build_invocation, streams
 from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
@@ -212,14 +212,7 @@ def run_command(
         return clock.result(
             host,
             Status.ERROR,
-            stdout=stdout.text(),
-            stderr=stderr.text(),
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            stdout_bytes=stdout.total,
-            stderr_bytes=stderr.total,
-            stdout_kept_bytes=stdout.kept,
-            stderr_kept_bytes=stderr.kept,
+            **streams(stdout, stderr),
             connection_reused=lease.reused,
             error=f"connection lost while the command ran (it may have run): {_words(exc)}",
         )
