@@ -119,7 +119,7 @@ def test_watchdog_finishes_an_unfollowed_run_at_its_deadline(
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    run_id = err.split("fleet report ")[1].split()[0]
+    run_id = err.split("fleet report --follow ")[1].split()[0]
     doomed.kill(signal.SIGKILL)
 
     from fleet.store.redis_store import RedisRunStore

@@ -192,8 +192,8 @@ def test_ctrl_c_detaches_and_report_shows_the_whole_run(
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "fleet report " in err
-    run_id = err.split("fleet report ")[1].split()[0]
+    assert "fleet report --follow " in err  # how to re-attach
+    run_id = err.split("fleet report --follow ")[1].split()[0]
 
     def finished() -> bool:
         _rc, doc = cli.run_json(["report", run_id])
