@@ -37,7 +37,9 @@ class Settings:
     output_cap: int = 1 << 20  # bytes kept per stream per host
     known_hosts: str = ""  # fleet's own known_hosts file (besides ~/.ssh/known_hosts)
     ssh_config: str = ""  # ~/.ssh/config by default; "none" to ignore it
-    accept_new_host_keys: bool = False
+    accept_new_host_keys: bool = False  # on a worker: the most a task message may ask for
+    allow_local: bool = False  # on a worker: run `connection: local` hosts (embedded: always)
+    secret_env: str = ""  # on a worker: what password_env may name ("DB_PASS,DEPLOY_*")
     pool_size: int = 256  # live SSH transports kept per worker process
     pool_idle_ttl: float = 300.0
     retention: int = 7 * DAY  # run history, progress events, claims

@@ -6,10 +6,9 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from fleet.execute import execute
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import finalize_run, run_host_job
-from fleet.worker import exec_options, worker_store
+from fleet.worker import exec_options, execute_allowed, worker_store
 
 RUN_ON_HOST = "fleet.run_on_host"
 AGGREGATE = "fleet.aggregate"
@@ -29,7 +28,7 @@ def run_on_host(
         command,
         exec_options(options),
         worker=str(self.request.hostname or "unknown"),
-        execute=execute,
+        execute=execute_allowed,
     )
     return {"host": result.host, "status": result.status.value}
 

@@ -23,9 +23,13 @@ from celery.utils.log import get_logger
 from fleet import celery_config
 from fleet.command import ExecOptions
 from fleet.errors import ConfigError, FleetError
+from fleet.execute import execute
+from fleet.inventory.hosts import Host
+from fleet.results import HostResult
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
+from fleet.trust import allowed_options, refusal, refused_result
 
 log = get_logger(__name__)
 
@@ -62,8 +66,20 @@ def attach(settings: Settings, store: RunStore) -> None:
 
 
 def exec_options(message: dict[str, Any]) -> ExecOptions:
-    """A task message's options with this worker's own known_hosts and ssh config."""
-    return ExecOptions.from_dict(message).with_machine_files(_machine_files(worker_settings()))
+    """A task message's options with this worker's own known_hosts and ssh config, and
+    only as lax as the worker allows (`fleet.trust`)."""
+    settings = worker_settings()
+    options = ExecOptions.from_dict(message).with_machine_files(_machine_files(settings))
+    return allowed_options(options, settings)
+
+
+def execute_allowed(host: Host, command: str, options: ExecOptions) -> HostResult:
+    """`fleet.execute.execute`, for the hosts this worker allows; a refused host gets
+    its reason as an `error` result and is never contacted (`fleet.trust.refusal`)."""
+    reason = refusal(host, worker_settings())
+    if reason is not None:
+        return refused_result(host, reason)
+    return execute(host, command, options)
 
 
 @functools.cache

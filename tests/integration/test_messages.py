@@ -80,7 +80,11 @@ def test_task_messages_are_json_expiring_one_per_host_and_hold_no_secret(
     ledger: Ledger,
     tmp_path: Path,
 ) -> None:
-    env = {**cluster_env(fresh_redis.url, ssh_fleet, tmp_path), "DB_PASS": SECRET}
+    env = {
+        **cluster_env(fresh_redis.url, ssh_fleet, tmp_path),
+        "DB_PASS": SECRET,
+        "FLEET_SECRET_ENV": "DB_PASS",  # the worker declares what password_env may name
+    }
     cli = FleetCLI(secret_inventory(tmp_path / "inventory.yaml", ssh_fleet), env)
     names = sorted(h.name for h in ssh_fleet.hosts)
     client = redis.Redis.from_url(fresh_redis.url)
