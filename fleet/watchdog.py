@@ -28,8 +28,14 @@ def finalize_overdue(store: RunStore, now: float | None = None) -> list[str]:
     finished = []
     for run in store.list_runs(limit=SWEEP_LIMIT):
         overdue = run.finished_at is None and now >= run.deadline
-        if overdue and finalize_run(store, run.run_id, now=now) is not None:
-            finished.append(run.run_id)
+        try:
+            if overdue and finalize_run(store, run.run_id, now=now) is not None:
+                finished.append(run.run_id)
+        except FleetError:
+            raise  # the store itself failing: the whole sweep waits for the next round
+        except Exception as exc:  # one run's bad data must not stop the others'
+            log.warning("watchdog: run %s not finished: %s: %s", run.run_id,
+                        type(exc).__name__, str(exc)[:200])  # fmt: skip
     return finished
 
 
@@ -55,3 +61,5 @@ class Watchdog:
                     log.warning("run %s finished by the watchdog at its deadline", run_id)
             except FleetError as exc:  # the store restarting: try again next round
                 log.warning("watchdog sweep failed: %s", exc)
+            except Exception:  # a bug must not end the thread: runs would never finish
+                log.exception("watchdog sweep failed")

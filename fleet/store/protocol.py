@@ -10,12 +10,14 @@ Every method raises `BackendError` when the store cannot be reached or fails;
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
+from fleet.textsafe import make_visible_line
 
 #: Run states. A run is created `running`; `finished` or `cancelled` end it.
 RUNNING = "running"
@@ -53,6 +55,22 @@ def beat_state_from(slot: str | None, run_id: str | None, skipped: str | None) -
     except ValueError:
         return BeatState()
     return BeatState(last_slot, run_id or None, count)
+
+
+_log = logging.getLogger("fleet.store")
+
+
+def listed_run(run_id: str, decode: Callable[[], RunRecord | None]) -> RunRecord | None:
+    """`decode()`, or None after a warning naming `run_id` when its stored record cannot
+    be read (tampered, or written by something else): listing runs and the watchdog's
+    sweep go on with the others instead of failing for everyone."""
+    try:
+        return decode()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = make_visible_line(f"{type(exc).__name__}: {exc}")[:200]
+        _log.warning("run %s: its record in the store is unreadable, skipped (%s)",
+                     make_visible_line(run_id), reason)  # fmt: skip
+        return None
 
 
 class RunStore(Protocol):

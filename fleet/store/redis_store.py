@@ -12,6 +12,7 @@ errs on the safe side (a retried claim reads as "taken", so the host is reported
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from fleet.store.protocol import (
     RUNNING,
     BeatState,
     beat_state_from,
+    listed_run,
     not_found_message,
     result_event,
 )
@@ -321,8 +323,8 @@ class RedisRunStore:
                 pipe = self._client.pipeline(transaction=False)
                 for run_id in ids:
                     pipe.hmget(self._key("run", _text(run_id)), ["record", "state", "finished_at"])
-                for raw in pipe.execute():
-                    run = self._decode_run(raw)
+                for run_id, raw in zip(ids, pipe.execute(), strict=True):
+                    run = listed_run(_text(run_id), functools.partial(self._decode_run, raw))
                     if run is not None:  # expired since it was indexed
                         runs.append(run)
         return runs[:limit]

@@ -9,6 +9,7 @@ Event ids are decimal strings, increasing; callers treat them as opaque.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from fleet.store.protocol import (
     RUNNING,
     BeatState,
     beat_state_from,
+    listed_run,
     not_found_message,
     result_event,
 )
@@ -297,7 +299,7 @@ class SqliteRunStore:
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         if limit <= 0:
             return []  # SQLite reads a negative LIMIT as "no limit"
-        query = "SELECT record, state, finished_at FROM runs WHERE created >= ?"
+        query = "SELECT run_id, record, state, finished_at FROM runs WHERE created >= ?"
         params: tuple[Any, ...] = (self._cutoff(),)
         if host is not None:
             query += " AND run_id IN (SELECT run_id FROM run_hosts WHERE host = ?)"
@@ -305,7 +307,8 @@ class SqliteRunStore:
         query += " ORDER BY created DESC, rowid DESC LIMIT ?"
         with self._guard(), self._lock:
             rows = self._conn.execute(query, (*params, limit)).fetchall()
-        return [self._decode_run(*row) for row in rows]
+        listed = (listed_run(row[0], functools.partial(self._decode_run, *row[1:])) for row in rows)
+        return [run for run in listed if run is not None]
 
     def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
         with self._guard(), self._lock:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
+
+import pytest
 
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, Status, utc_now
@@ -52,3 +55,33 @@ def test_watchdog_thread_sweeps_on_its_own(tmp_path: Path) -> None:
     finally:
         dog.stop()
     assert store.get_run("soon").state == "finished"
+
+
+def test_one_runs_bad_data_does_not_stop_the_sweep(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteRunStore(tmp_path / "h.sqlite3")
+    make_run(store, "good", -1)
+    make_run(store, "tampered", -1)
+    store.save_result("tampered", HostResult(host="web01", status=Status.OK, exit_code=0))
+    with store._conn:  # a result that is no longer a result (written by someone else)
+        store._conn.execute("UPDATE results SET data = '{\"status\": 7}' WHERE run_id = 'tampered'")
+    with caplog.at_level(logging.WARNING, logger="fleet.watchdog"):
+        assert finalize_overdue(store) == ["good"]
+    assert any("tampered" in r.getMessage() for r in caplog.records)
+    assert store.get_run("good").state == "finished"
+
+
+def test_an_unreadable_record_is_skipped_with_a_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteRunStore(tmp_path / "h.sqlite3")
+    make_run(store, "fine", 600)
+    make_run(store, "broken", -1)
+    with store._conn:
+        store._conn.execute("UPDATE runs SET record = 'not json' WHERE run_id = 'broken'")
+    with caplog.at_level(logging.WARNING, logger="fleet.store"):
+        assert [r.run_id for r in store.list_runs()] == ["fine"]
+        assert finalize_overdue(store) == []  # and the sweep goes on without it
+    assert any("broken" in r.getMessage() and "unreadable" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
