@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fleet.settings import Settings
@@ -30,7 +31,10 @@ def open_store(settings: Settings) -> RunStore:
     if settings.is_embedded or not settings.store_url:
         from fleet.store.sqlite_store import SqliteRunStore
 
-        Path(settings.home).mkdir(parents=True, exist_ok=True)
+        home = Path(settings.home)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if home.stat().st_uid == os.getuid():
+            home.chmod(0o700)  # fleet's home holds the history and its own known_hosts
         return SqliteRunStore(Path(settings.home) / HISTORY_FILE, retention=settings.retention)
     from fleet.store.redis_store import RedisRunStore
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -33,6 +34,7 @@ from fleet.store.protocol import (
     result_event,
 )
 
+PRIVATE_FILE_MODE = 0o600
 POLL_S = 0.05  # how often a blocked `events` looks for rows written by another process
 
 SCHEMA = """
@@ -95,6 +97,15 @@ class SqliteRunStore:
         self._lock = threading.Lock()
         self._new_event = threading.Condition(self._lock)
         with self._guard():
+            # Private from the start: host output and commands live here, and SQLite
+            # creates the -wal and -shm files with the database file's permissions.
+            try:
+                os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+                os.chmod(self._path, PRIVATE_FILE_MODE)
+            except OSError as exc:
+                raise BackendError(
+                    f"run history at {self._path} failed: {exc.strerror or exc}"
+                ) from exc
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE) below.
             self._conn = sqlite3.connect(
                 self._path, timeout=10.0, check_same_thread=False, isolation_level=None

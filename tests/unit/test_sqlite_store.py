@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import BackendError
+from fleet.inventory.hosts import Host
+from fleet.results import RunRecord, utc_now
 from fleet.store.protocol import RunStore
 from fleet.store.sqlite_store import SqliteRunStore
 from tests.store_contract import MakeStore, StoreContract, make_hosts, make_run, ok
@@ -82,3 +84,23 @@ def test_embedded_store_does_not_import_redis() -> None:
         "assert 'redis' not in sys.modules, 'redis imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_embedded_history_and_its_home_are_private(tmp_path: Path) -> None:
+    import stat
+
+    from fleet.settings import Settings
+    from fleet.store import HISTORY_FILE, open_store
+
+    home = tmp_path / "home"
+    store = open_store(Settings.load(env={"FLEET_HOME": str(home)}))
+    try:
+        run = RunRecord("r1", "uptime", "web", ("h",), utc_now(), 1e12)
+        store.create_run(run, (Host("h", "10.0.0.1"),))  # writes: -wal and -shm exist now
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for name in (HISTORY_FILE, f"{HISTORY_FILE}-wal", f"{HISTORY_FILE}-shm"):
+            path = home / name
+            assert path.exists(), name
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    finally:
+        store.close()
