@@ -48,7 +48,9 @@ def build_parser(
         description="Run a command on many hosts over SSH and know what happened on each.",
         parents=[_common_options(on_subcommand=False)],
     )
-    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"fleet {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     hosts = sub.add_parser("hosts", parents=[common], help="list the hosts a pattern selects")
@@ -109,7 +111,7 @@ def build_parser(
     report.set_defaults(handler=handlers["cmd_report"])
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run's unstarted hosts")
-    cancel.add_argument("run_id")
+    cancel.add_argument("run_id", help="the run's id (fleet runs lists them)")
     cancel.set_defaults(handler=handlers["cmd_cancel"])
 
     worker = sub.add_parser(
@@ -131,13 +133,18 @@ def build_parser(
         help=f"tasks at once: threads, processes or greenlets (default {DEFAULT_CONCURRENCY})",
     )
     worker.add_argument("-n", "--hostname", help="node name, e.g. eu1@%%h")
-    worker.add_argument("-l", "--loglevel", default="INFO")
+    worker.add_argument(
+        "-l",
+        "--loglevel",
+        default="INFO",
+        help="Celery's log level (default INFO; DEBUG shows SSH detail)",
+    )
     worker.set_defaults(handler=handlers["cmd_worker"])
 
     beat = sub.add_parser(
         "beat", parents=[common], help="fire the inventory's schedules (celery -A fleet beat)"
     )
-    beat.add_argument("-l", "--loglevel", default="INFO")
+    beat.add_argument("-l", "--loglevel", default="INFO", help="Celery's log level (default INFO)")
     beat.set_defaults(handler=handlers["cmd_beat"])
 
     schedules = sub.add_parser(

@@ -250,3 +250,21 @@ def test_report_has_a_header_and_runs_host_shows_that_hosts_status(
     # --follow on a finished run is its report at once.
     assert main(["report", "--follow", run_id, "-i", str(inv), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["run_id"] == run_id
+
+
+def test_every_option_has_help_text() -> None:
+    import argparse
+
+    from fleet.cli import _HANDLERS
+    from fleet.cli_parser import build_parser
+
+    parser = build_parser(_HANDLERS)
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = [parser, *subparsers[0].choices.values()]
+    missing = [
+        f"{p.prog}: {'/'.join(a.option_strings) or a.dest}"
+        for p in parsers
+        for a in p._actions
+        if not a.help and not isinstance(a, argparse._SubParsersAction)
+    ]
+    assert missing == []
