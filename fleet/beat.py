@@ -31,7 +31,7 @@ from celery.utils.log import get_logger
 from fleet.errors import EXIT_USAGE, FleetError, InventoryError, InventoryProblem
 from fleet.inventory.loader import Inventory, load_inventory
 from fleet.inventory.schedules import Schedule
-from fleet.scheduling import Outcome, fire
+from fleet.scheduling import Outcome, fire, slot_of
 from fleet.session import RunSession
 from fleet.settings import Settings
 
@@ -88,9 +88,7 @@ def check_schedules(inventory: Inventory) -> None:
 def next_firing(item: Schedule, last_slot: int | None, now: datetime) -> datetime:
     """When `item` fires next after `now` (aware, UTC), as beat computes it."""
     if item.every is not None:
-        return datetime.fromtimestamp(
-            (math.floor(now.timestamp() / item.every) + 1) * item.every, UTC
-        )
+        return datetime.fromtimestamp(slot_of(item, now.timestamp()) + item.every, UTC)
     cron = celery_schedule(item, nowfun=lambda: now)
     last = datetime.fromtimestamp(last_slot, UTC) if last_slot is not None else now
     remaining: timedelta = cron.remaining_estimate(max(last, now - timedelta(minutes=1)))

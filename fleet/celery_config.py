@@ -71,6 +71,12 @@ def _is(expected: Any) -> Callable[[Any], bool]:
     return lambda value: value == expected
 
 
+def _at_least(minimum: float) -> Callable[[Any], bool]:
+    return lambda value: (
+        isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum
+    )
+
+
 SAFETY: dict[str, SafetySetting] = {
     # A pickle in the broker is code execution on every worker.
     "task_serializer": SafetySetting(JSON, "JSON only", _is(JSON)),
@@ -127,7 +133,7 @@ def safety_for(transport: str) -> dict[str, SafetySetting]:
 _VISIBILITY = SafetySetting(
     VISIBILITY_TIMEOUT_S,
     "no message may come back while its run can still be live",
-    lambda value: isinstance(value, int | float) and value >= VISIBILITY_TIMEOUT_S,
+    _at_least(VISIBILITY_TIMEOUT_S),
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -204,21 +210,16 @@ def resolve(
     refused like a weaker safety setting.
     """
     safety_settings = safety_for(transport)
+    safety_settings["result_expires"] = SafetySetting(
+        result_expires, "chord state must outlive the run", _at_least(result_expires)
+    )
     config: dict[str, Any] = {name: s.value for name, s in safety_settings.items()}
     config.update({k: dict(v) if isinstance(v, dict) else v for k, v in DEFAULTS.items()})
-    config["result_expires"] = result_expires
     refused: list[RefusedSetting] = []
     for name, value in site.items():
         safety = safety_settings.get(name)
         if safety is not None and not safety.allows(value):
             refused.append(RefusedSetting(name, value, safety.value, safety.why))
-            continue
-        if name == "result_expires" and not (
-            isinstance(value, int | float) and value >= result_expires
-        ):
-            refused.append(
-                RefusedSetting(name, value, result_expires, "chord state must outlive the run")
-            )
             continue
         if name == "broker_transport_options" and isinstance(value, Mapping):
             merged = dict(config["broker_transport_options"])

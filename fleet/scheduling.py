@@ -48,9 +48,14 @@ class Firing:
     message: str = ""
 
 
+def slot_size(schedule: Schedule) -> int:
+    """Seconds of one firing slot: the `every` period, or cron's minute."""
+    return schedule.every if schedule.every is not None else CRON_SLOT_S
+
+
 def slot_of(schedule: Schedule, now: float) -> int:
     """The slot (epoch seconds) a firing at `now` (epoch seconds) belongs to."""
-    size = schedule.every if schedule.every is not None else CRON_SLOT_S
+    size = slot_size(schedule)
     return int(math.floor(now / size) * size)
 
 
@@ -97,8 +102,8 @@ def fire(
     Raises `BackendError` when the run store cannot be reached to claim the slot.
     """
     slot = slot_of(schedule, now)
-    size = schedule.every if schedule.every is not None else CRON_SLOT_S
-    if not store.claim_slot(schedule.name, slot, max(3 * size, MIN_CLAIM_TTL_S)):
+    ttl = max(3 * slot_size(schedule), MIN_CLAIM_TTL_S)
+    if not store.claim_slot(schedule.name, slot, ttl):
         message = f"schedule {schedule.name}: slot {slot} already fired by another beat"
         return Firing(Outcome.TAKEN, slot, message=message)
     if schedule.overlap == "skip":
