@@ -61,32 +61,7 @@ def build_parser(
 
     run = sub.add_parser("run", parents=[common], help="run a command on the selected hosts")
     run.add_argument("command", help="shell command to run on each host")
-    run.add_argument("-g", "--group", required=True, help="pattern selecting the hosts")
-    run.add_argument("--timeout", type=_positive, help="command wall time per host, seconds")
-    run.add_argument("--connect-timeout", type=_positive, help="connect + banner, seconds")
-    run.add_argument(
-        "--deadline",
-        type=_positive,
-        help="whole run; hosts without a result by then are 'lost' (default: from the timeouts)",
-    )
-    run.add_argument("--json", action="store_true", help="the JSON report on stdout")
-    run.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
-    run.add_argument(
-        "--accept-new-host-keys",
-        action="store_true",
-        default=None,
-        help="record unknown host keys on first use (changed keys stay rejected)",
-    )
-    run.add_argument("--sudo", action="store_true", help="run through sudo -n")
-    run.add_argument("--sudo-user", help="with --sudo: run as this user")
-    run.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="environment variable for the command (repeatable)",
-    )
-    run.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
+    add_run_options(run)
     run.set_defaults(handler=handlers["cmd_run"])
 
     runs = sub.add_parser("runs", parents=[common], help="list past runs, newest first")
@@ -153,6 +128,37 @@ def build_parser(
     schedules.add_argument("--json", action="store_true", help="one JSON document on stdout")
     schedules.set_defaults(handler=handlers["cmd_schedules"])
     return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs something on hosts (run, script, copy):
+    selection, timeouts, deadline, host keys, sudo, environment, report output."""
+    parser.add_argument("-g", "--group", required=True, help="pattern selecting the hosts")
+    parser.add_argument("--timeout", type=_positive, help="command wall time per host, seconds")
+    parser.add_argument("--connect-timeout", type=_positive, help="connect + banner, seconds")
+    parser.add_argument(
+        "--deadline",
+        type=_positive,
+        help="whole run; hosts without a result by then are 'lost' (default: from the timeouts)",
+    )
+    parser.add_argument("--json", action="store_true", help="the JSON report on stdout")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    parser.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        default=None,
+        help="record unknown host keys on first use (changed keys stay rejected)",
+    )
+    parser.add_argument("--sudo", action="store_true", help="run through sudo -n")
+    parser.add_argument("--sudo-user", help="with --sudo: run as this user")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment variable for the command (repeatable)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
 
 
 def _positive_number(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.cli import _parse_env, main
+from fleet.cli import main
+from fleet.cli_common import parse_env as _parse_env
 from fleet.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
