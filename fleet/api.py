@@ -79,7 +79,9 @@ def run(
         deadline=deadline,
         accept_new_host_keys=accept_new_host_keys,
     )
-    hosts = load_inventory(settings.inventory).select(pattern)
+    hosts = load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes).select(
+        pattern
+    )
     options = ExecOptions.from_settings(
         settings, become=True if sudo else None, env=dict(env or {})
     )

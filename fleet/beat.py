@@ -160,7 +160,7 @@ class InventoryScheduler(Scheduler):  # type: ignore[misc]
     def _load(self) -> None:
         path = self._settings.inventory
         stamp = _stamp(path)
-        inventory = load_inventory(path)
+        inventory = load_inventory(path, max_bytes=self._settings.inventory_max_bytes)
         check_schedules(inventory)
         self._inventory, self._stamp = inventory, stamp
         self._items = dict(inventory.schedules)

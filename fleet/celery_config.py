@@ -45,6 +45,15 @@ VISIBILITY_TIMEOUT_S = 12 * 3600
 MAX_RUN_DEADLINE_S = VISIBILITY_TIMEOUT_S - 3600
 
 JSON = "json"
+AUTH = "auth"  # Celery's signing serializer (fleet.signing)
+#: Celery's message-signing settings: fleet sets them from FLEET_SIGNING_* only.
+SECURITY_SETTINGS = (
+    "security_key",
+    "security_certificate",
+    "security_cert_store",
+    "security_digest",
+    "security_key_password",
+)
 _ONE_PER_SLOT = "a busy slot must not hold another host's message"
 _NO_CRASH_ON_RECONNECT = "a late ack racing a Redis reconnect crashes the worker"
 _JSON_TYPES = frozenset({"json", "application/json"})
@@ -65,6 +74,10 @@ def _json_only(value: Any) -> bool:
         and bool(value)
         and (set(value) <= _JSON_TYPES)
     )
+
+
+def _never(_value: Any) -> bool:
+    return False
 
 
 def _is(expected: Any) -> Callable[[Any], bool]:
@@ -199,21 +212,48 @@ def load_site_settings(module: str = SITE_MODULE) -> dict[str, Any]:
     }
 
 
+def signing_safety(signing: Mapping[str, Any] | None) -> dict[str, SafetySetting]:
+    """The safety settings of message signing. `signing`: the Celery settings of
+    `fleet.signing.SigningConfig.celery_settings`, or None when signing is off.
+
+    Signing is configured by ``FLEET_SIGNING_*`` alone: a site's ``security_*`` values
+    are never taken, and the ``auth`` serializer is allowed exactly when signing is on
+    (then nothing else is: a site cannot switch signing off on a signing worker)."""
+    signing = signing or {}
+    why = "signing is set by FLEET_SIGNING_KEY, FLEET_SIGNING_CERT, FLEET_SIGNING_CERT_STORE"
+    owned = {name: SafetySetting(signing.get(name), why, _never) for name in SECURITY_SETTINGS}
+    if not signing:
+        return owned
+    only_signed = "signed messages only (FLEET_SIGNING_*)"
+    return owned | {
+        "task_serializer": SafetySetting(signing["task_serializer"], only_signed, _is(AUTH)),
+        "accept_content": SafetySetting(signing["accept_content"], only_signed, _is([AUTH])),
+    }
+
+
 def resolve(
-    site: Mapping[str, Any], *, result_expires: int, transport: str = "redis"
+    site: Mapping[str, Any],
+    *,
+    result_expires: int,
+    transport: str = "redis",
+    signing: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[RefusedSetting]]:
     """fleet's settings with the site's laid over them; returns (config, refused).
 
     `transport` is the broker's kind (`transport_of`): the fairness settings differ.
     `result_expires` (seconds) follows fleet's run retention: chord state must live as
     long as the run history (PITFALLS: chords expire with it); a shorter site value is
-    refused like a weaker safety setting.
+    refused like a weaker safety setting. `signing`: see `signing_safety`.
     """
-    safety_settings = safety_for(transport)
+    safety_settings = safety_for(transport) | signing_safety(signing)
     safety_settings["result_expires"] = SafetySetting(
         result_expires, "chord state must outlive the run", _at_least(result_expires)
     )
-    config: dict[str, Any] = {name: s.value for name, s in safety_settings.items()}
+    config: dict[str, Any] = {
+        name: s.value
+        for name, s in safety_settings.items()
+        if name not in SECURITY_SETTINGS or s.value is not None
+    }
     config.update({k: dict(v) if isinstance(v, dict) else v for k, v in DEFAULTS.items()})
     refused: list[RefusedSetting] = []
     for name, value in site.items():

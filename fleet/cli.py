@@ -13,6 +13,7 @@ import io
 import sys
 from collections.abc import Sequence
 
+from fleet.cli_audit import cmd_audit
 from fleet.cli_common import (
     detach,
     emit_report,
@@ -21,8 +22,10 @@ from fleet.cli_common import (
     settings_from,
     submit_and_follow,
 )
+from fleet.cli_keys import cmd_keys_init
 from fleet.cli_parser import Handler, build_parser
 from fleet.cli_service import cmd_beat, cmd_schedules, cmd_worker
+from fleet.cli_transfer import cmd_copy, cmd_fetch, cmd_script
 from fleet.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -175,12 +178,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 _HANDLERS: dict[str, Handler] = {
+    "cmd_audit": cmd_audit,
     "cmd_beat": cmd_beat,
     "cmd_schedules": cmd_schedules,
     "cmd_cancel": cmd_cancel,
     "cmd_hosts": cmd_hosts,
+    "cmd_keys_init": cmd_keys_init,
     "cmd_report": cmd_report,
     "cmd_run": cmd_run,
     "cmd_runs": cmd_runs,
     "cmd_worker": cmd_worker,
+    "cmd_script": cmd_script,
+    "cmd_copy": cmd_copy,
+    "cmd_fetch": cmd_fetch,
 }

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def select(pattern: str | None, settings: Settings) -> tuple[Any, ...]:
 
     if not pattern:
         raise UsageError("no pattern given: name a group, e.g. --group web (or 'all')")
-    return load_inventory(settings.inventory).select(pattern)
+    return load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes).select(
+        pattern
+    )
 
 
 class NoWorkerWatch:
@@ -82,14 +85,38 @@ def detach(session: Any, run_id: str) -> int:
     return EXIT_INTERRUPTED
 
 
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def parse_env(items: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise UsageError(f"--env {item!r}: expected NAME=VALUE with NAME a shell identifier")
+        if not sep or not _SHELL_NAME.fullmatch(name):
+            # The value is not shown: it may be what the user meant to keep out of sight.
+            raise UsageError(
+                f"--env {name[:40]!r}...: expected NAME=VALUE with NAME a shell identifier"
+                if sep
+                else "--env: expected NAME=VALUE with NAME a shell identifier"
+            )
         env[name] = value
     return env
+
+
+def parse_env_from(items: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
+    """``--env-from NAME=WORKER_VAR`` items: both shell identifiers, NAME not also in `env`."""
+    refs: dict[str, str] = {}
+    for item in items:
+        name, sep, variable = item.partition("=")
+        if not sep or not _SHELL_NAME.fullmatch(name) or not _SHELL_NAME.fullmatch(variable):
+            raise UsageError(
+                f"--env-from {item!r}: expected NAME=WORKER_VAR, both shell identifiers "
+                "(WORKER_VAR names a variable of the worker's environment)"
+            )
+        if name in env:
+            raise UsageError(f"--env-from {item!r}: {name} is also given with --env")
+        refs[name] = variable
+    return refs
 
 
 def emit_report(report: Any, args: argparse.Namespace, *, header: bool = False) -> int:
@@ -128,6 +155,7 @@ def run_request(args: argparse.Namespace, command: str) -> tuple[Settings, Any]:
     """Settings and a `RunRequest` from `add_run_options`' arguments. Raises `FleetError`."""
     from fleet.command import ExecOptions
     from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
+    from fleet.rollout import Rollout
 
     settings = settings_from(
         args,
@@ -138,25 +166,41 @@ def run_request(args: argparse.Namespace, command: str) -> tuple[Settings, Any]:
         debug=args.debug or None,
     )
     hosts = select(args.group, settings)
+    env = parse_env(args.env)
     options = ExecOptions.from_settings(
         settings,
         become=True if args.sudo else None,
         become_user=args.sudo_user,
-        env=parse_env(args.env),
+        env=env,
+        env_from=parse_env_from(args.env_from, env),
     )
     given = {"command_timeout"} if args.timeout is not None else set()
     given |= {"connect_timeout"} if args.connect_timeout is not None else set()
     options = fit_timeouts(options, settings.deadline, chosen_timeouts(settings, given))
     if args.html:
         check_writable(args.html)
-    return settings, RunRequest(command, args.group, hosts, options, settings.deadline)
+    rollout = Rollout(
+        batch=args.batch, max_fail=args.max_fail, fanout=args.fanout, order=args.batch_order
+    )
+    request = RunRequest(command, args.group, hosts, options, settings.deadline, rollout=rollout)
+    return settings, request
 
 
 def submit_and_follow(
-    settings: Settings, request: Any, args: argparse.Namespace, *, title: str
+    settings: Settings,
+    request: Any,
+    args: argparse.Namespace,
+    *,
+    title: str,
+    prepare: Callable[[Any, str], None] | None = None,
+    finish: Callable[[Any, str, Any], None] | None = None,
 ) -> int:
     """Publish `request`, show its progress until every host has a status (Ctrl-C
-    detaches), print the report; returns the exit code (`fleet.report.exit_code`)."""
+    detaches), print the report; returns the exit code (`fleet.report.exit_code`).
+
+    `prepare(session, run_id)` runs before anything is published (``fleet copy`` stages
+    its file), `finish(session, run_id, report)` once every host has a status, before
+    the report is printed (``fleet fetch`` writes the files)."""
     from fleet.console import ProgressDisplay
     from fleet.lifecycle import new_run_id
     from fleet.session import RunSession
@@ -164,6 +208,8 @@ def submit_and_follow(
     run_id = new_run_id()
     with RunSession(settings) as session:
         try:
+            if prepare is not None:
+                prepare(session, run_id)
             session.submit(request, run_id=run_id)
         except KeyboardInterrupt:
             print(
@@ -181,4 +227,6 @@ def submit_and_follow(
                 report = session.follow(run_id, on_progress=watch)
         except KeyboardInterrupt:
             return detach(session, run_id)
+        if finish is not None:
+            finish(session, run_id, report)
     return emit_report(report, args)

@@ -9,20 +9,22 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fleet.celery_config import DEFAULT_CONCURRENCY, DEFAULT_POOL, POOLS
+from fleet.errors import UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE
+from fleet.rollout import BATCH_ORDERS, Size, parse_size
 from fleet.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _common_options(*, on_subcommand: bool) -> argparse.ArgumentParser:
+def _common_options(*, on_subcommand: bool) -> _Parser:
     # Accepted before and after the subcommand. On the subcommand they default to
     # "not given" (SUPPRESS), so `fleet -i FILE hosts` keeps the FILE given first.
     suppress: Any = argparse.SUPPRESS
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "-i",
         "--inventory",
@@ -43,7 +45,7 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The parser; each subcommand's `handler` is taken from `handlers` by name."""
     common = _common_options(on_subcommand=True)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fleet",
         description="Run a command on many hosts over SSH and know what happened on each.",
         parents=[_common_options(on_subcommand=False)],
@@ -89,6 +91,18 @@ def build_parser(
     cancel.add_argument("run_id", help="the run's id (fleet runs lists them)")
     cancel.set_defaults(handler=handlers["cmd_cancel"])
 
+    audit = sub.add_parser("audit", parents=[common], help="who submitted or cancelled runs")
+    audit.add_argument(
+        "--since", metavar="WHEN", help="only entries since: 30m, 12h, 1d, or an ISO time (UTC)"
+    )
+    audit.add_argument(
+        "--limit", type=_positive_int, default=100, help="how many entries (default 100)"
+    )
+    audit.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    audit.set_defaults(handler=handlers["cmd_audit"])
+
+    add_transfer_parsers(sub, common, handlers)
+
     worker = sub.add_parser(
         "worker", parents=[common], help="start a Celery worker (celery -A fleet worker ...)"
     )
@@ -127,6 +141,13 @@ def build_parser(
     )
     schedules.add_argument("--json", action="store_true", help="one JSON document on stdout")
     schedules.set_defaults(handler=handlers["cmd_schedules"])
+
+    keys = sub.add_parser("keys", help="message signing: create a key and its certificate")
+    keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
+    init = keys_sub.add_parser("init", help="write DIR/NAME.key (0600) and DIR/NAME.pem")
+    init.add_argument("directory", metavar="DIR", help="where to write them (created 0700)")
+    init.add_argument("--name", default="fleet", help="file names and the certificate's CN")
+    init.set_defaults(handler=handlers["cmd_keys_init"])
     return parser
 
 
@@ -156,9 +177,132 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="K=V",
-        help="environment variable for the command (repeatable)",
+        help="environment variable for the command (repeatable); a plain value, not a "
+        "secret: kept out of messages, records and the remote process list, but use "
+        "--env-from for secrets",
+    )
+    parser.add_argument(
+        "--env-from",
+        action="append",
+        default=[],
+        metavar="K=WORKER_VAR",
+        help="environment variable for the command, its value taken from the worker's "
+        "variable WORKER_VAR, which the worker must declare in FLEET_SECRET_ENV (repeatable)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show every host's output")
+    rolling = parser.add_argument_group("rolling runs")
+    rolling.add_argument(
+        "--batch",
+        type=_size("--batch"),
+        metavar="N|N%",
+        help="run the hosts in batches of N (or N%% of them), one batch after another",
+    )
+    rolling.add_argument(
+        "--batch-order",
+        choices=BATCH_ORDERS,
+        default="inventory",
+        help="which hosts go first: inventory order (default) or random",
+    )
+    rolling.add_argument(
+        "--max-fail",
+        type=_size("--max-fail"),
+        metavar="N|N%",
+        help="with --batch: once N hosts (or N%% of them) are not ok, start no further "
+        "batch; the rest end 'skipped'",
+    )
+    rolling.add_argument(
+        "--fanout",
+        "-f",
+        type=_positive_int,
+        metavar="N",
+        help="at most N hosts of this run at once, across all workers",
+    )
+
+
+def _size(option: str) -> Callable[[str], Size]:
+    """An argparse type for `N` or `N%` (`fleet.rollout.parse_size`)."""
+
+    def parse(text: str) -> Size:
+        try:
+            return parse_size(text, option)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option} ")) from None
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (and where to read more) instead of the
+    whole usage text: the line names the option and the value."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser, handlers: Any) -> None:
+    """``fleet script``, ``fleet copy``, ``fleet fetch`` (handlers in `fleet.cli_transfer`)."""
+    # Its own parser class (argparse has no per-subcommand choice but this one): what
+    # follows `--` is the script's, also after options.
+    default_class, sub._parser_class = sub._parser_class, _ScriptParser
+    try:
+        script = sub.add_parser(
+            "script", parents=[common], help="upload a local script to each host and run it"
+        )
+    finally:
+        sub._parser_class = default_class
+    script.add_argument(
+        "path", type=Path, help="the local script (its #! line picks the interpreter)"
+    )
+    script.add_argument("script_args", nargs="*", metavar="ARG", help="arguments, after --")
+    add_run_options(script)
+    script.set_defaults(handler=handlers["cmd_script"])
+
+    copy = sub.add_parser("copy", parents=[common], help="put a local file on each host (SFTP)")
+    copy.add_argument("src", type=Path, help="the local file")
+    copy.add_argument("dest", help="remote path, or an existing remote directory")
+    copy.add_argument(
+        "--mode", type=_mode, default=None, help="octal mode of the file (default 0644)"
+    )
+    add_run_options(copy)
+    copy.set_defaults(handler=handlers["cmd_copy"])
+
+    fetch = sub.add_parser(
+        "fetch", parents=[common], help="get a remote file from each host into LOCALDIR/HOST/"
+    )
+    fetch.add_argument("remote", help="the remote file")
+    fetch.add_argument("localdir", type=Path, help="where LOCALDIR/HOST/NAME are written")
+    add_run_options(fetch)
+    fetch.set_defaults(handler=handlers["cmd_fetch"])
+
+
+class _ScriptParser(_Parser):
+    """``fleet script PATH [options] -- ARG ...``: every word after the first ``--`` is a
+    script argument, wherever the options stand (plain argparse refuses them once PATH
+    has been taken)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(args or [])
+        tail: list[str] = []
+        if "--" in words:
+            cut = words.index("--")
+            words, tail = words[:cut], words[cut + 1 :]
+        parsed, extra = super().parse_known_args(words, namespace)
+        parsed.script_args = [*(getattr(parsed, "script_args", None) or []), *tail]
+        return parsed, extra
+
+
+def _mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an octal mode such as 0644, got {text!r}"
+        ) from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"expected an octal mode 0000-7777, got {text!r}")
+    return value
 
 
 def _positive_number(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:

@@ -24,9 +24,11 @@ def cmd_beat(args: argparse.Namespace) -> int:
             "to send runs to"
         )
     settings.require_result_backend()
+    _check_signing(settings, worker=False)
     from fleet.inventory.loader import load_inventory
 
-    load_inventory(settings.inventory)  # a bad inventory: one message here, exit 2
+    # a bad inventory: one message here, exit 2
+    load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes)
     _exec_celery(["beat", "-l", args.loglevel], args)
 
 
@@ -36,7 +38,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     from fleet.inventory.loader import load_inventory
 
     settings = _settings(args)
-    inventory = load_inventory(settings.inventory)
+    inventory = load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes)
     from fleet.beat import check_schedules, next_firing
     from fleet.session import RunSession
 
@@ -76,6 +78,15 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_signing(settings: Settings, *, worker: bool) -> None:
+    """A half signing set-up: one line and exit 2 here, before Celery starts."""
+    from fleet.signing import check_worker_signing, signing_config
+
+    config = signing_config(settings)
+    if worker and config is not None:
+        check_worker_signing(config)
+
+
 def _exec_celery(argv: list[str], args: argparse.Namespace) -> NoReturn:
     """Become ``python -m celery -A fleet ARGV``: the very command a Celery user types, in
     a fresh interpreter (Celery patches gevent/eventlet in before anything imports
@@ -95,6 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "no broker configured: set FLEET_BROKER_URL (e.g. redis://host:6379/0) to run a worker"
         )
     settings.require_result_backend()
+    _check_signing(settings, worker=True)
     argv = ["worker", "-Q", args.queues, "-P", args.pool, "-c", str(args.concurrency)]
     argv += ["-l", args.loglevel, "-E"]
     if args.hostname:

@@ -20,8 +20,12 @@ from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status, utc_now
 from fleet.settings import DEFAULTS, Settings
+from fleet.stdin_env import inline_exports, new_marker, payload, reader_script, split_env
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: How an `--env` value is shown wherever options are written down (messages, the run
+#: record, reports): the value itself is staged in the run store (fleet.runenv).
+REDACTED = "***"
 
 #: After a command exits, how long to keep reading streams that its background
 #: children may hold open forever (`sleep 30 &`): the command's own exit decides,
@@ -36,7 +40,13 @@ MACHINE_LOCAL_FIELDS = ("known_hosts", "user_known_hosts", "ssh_config")
 
 @dataclass(frozen=True, slots=True)
 class ExecOptions:
-    """How to run a command on a host. Travels in task messages, so it holds no secret."""
+    """How to run a command on a host. Travels in task messages, so it holds no secret.
+
+    `env` holds values only in the submitting process: `to_dict` (the task message, the
+    run record) keeps its names with `REDACTED` values, and the worker takes the values
+    from the run store by run id (`fleet.runenv`). `env_from` maps a NAME to a variable of
+    the worker's own environment (a reference, resolved there, never a value).
+    """
 
     command_timeout: float = DEFAULTS.command_timeout
     connect_timeout: float = DEFAULTS.connect_timeout  # TCP connect + banner + key exchange
@@ -49,12 +59,15 @@ class ExecOptions:
     become: bool | None = None  # None: the host's own `become`
     become_user: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    env_from: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        bad = invalid_env_names(self.env)
+        bad = invalid_env_names(self.env) + invalid_env_names(self.env_from)
+        bad += [repr(v) for v in self.env_from.values() if not _ENV_NAME.match(str(v))]
         if bad:
             raise ConfigError(f"invalid environment variable name(s): {', '.join(bad)}")
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "env_from", MappingProxyType(dict(self.env_from)))
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ExecOptions:
@@ -82,8 +95,10 @@ class ExecOptions:
         return self.ssh_config
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data, with the `env` values `REDACTED` (names only)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["env"] = dict(self.env)
+        data["env"] = dict.fromkeys(self.env, REDACTED)
+        data["env_from"] = dict(self.env_from)
         return data
 
     def to_message(self) -> dict[str, Any]:
@@ -102,6 +117,7 @@ class ExecOptions:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["env"] = dict(values.get("env") or {})
+        values["env_from"] = dict(values.get("env_from") or {})
         return cls(**values)
 
 
@@ -112,11 +128,13 @@ def invalid_env_names(env: Mapping[str, str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
-    """The command as it will be run: argv for a POSIX shell, and whether sudo wraps it."""
+    """The command as it will be run: argv for a POSIX shell, whether sudo wraps it, and
+    the environment values to write to its stdin (`fleet.stdin_env`; never in argv)."""
 
     argv: tuple[str, ...]
     become: bool
     sudo_password_env: str | None
+    env_payload: bytes = field(default=b"", repr=False)
 
     @property
     def line(self) -> str:
@@ -126,35 +144,42 @@ class Invocation:
 def build_invocation(host: Host, command: str, options: ExecOptions) -> Invocation:
     """Wrap `command` with its environment and, if asked, `sudo`.
 
-    The environment is exported inline, quoted, inside the script: sshd's AcceptEnv
-    usually drops variables sent over the protocol, and sudo resets the environment.
-    Raises `ConfigError` for an environment name that is not an identifier.
+    The environment is set inside the script (sshd's AcceptEnv usually drops variables
+    sent over the protocol, and sudo resets the environment): its values are read from
+    stdin (`Invocation.env_payload`, `fleet.stdin_env`), so none is in the argv a local
+    user of the host sees with ps; only fleet's own `FLEET_RUN_ID` and `FLEET_HOST` are
+    exported inline. Raises `ConfigError` for an environment name that is not an
+    identifier, a NUL byte in a value, or values over `fleet.stdin_env.MAX_ENV_BYTES`.
     """
     env = {**host.env, **options.env}
     bad = invalid_env_names(env)
     if bad:
         raise ConfigError(f"invalid environment variable name(s): {', '.join(bad)}")
-    script = command
-    if env:
-        exports = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in env.items())
-        script = f"export {exports}; {command}"
+    inline, piped = split_env(env)
+    env_payload = b""
+    script = inline_exports(inline) + command
+    if piped:
+        marker = new_marker()
+        env_payload = payload(piped, marker)
+        script = inline_exports(inline) + reader_script(marker) + command
     argv: tuple[str, ...] = ("/bin/sh", "-c", script)
     become = host.become if options.become is None else options.become
     if not become:
-        return Invocation(argv, False, None)
+        return Invocation(argv, False, None, env_payload)
     password_env = host.become_password_env
     # -n: never prompt (a prompt would hang until the timeout); with a password
     # reference, -S reads it from stdin, which is closed right after.
     sudo: tuple[str, ...] = ("sudo", "-S", "-p", "") if password_env else ("sudo", "-n")
-    if password_env:
+    if password_env and not piped:
         # sudo does not read stdin when it needs no password (NOPASSWD, cached
         # credentials): the command would read the password instead and could print
-        # it. Its own stdin is /dev/null, whatever sudo did with ours.
+        # it. Its own stdin is /dev/null, whatever sudo did with ours (the reader of
+        # the environment values skips the password line and ends the same way).
         argv = ("/bin/sh", "-c", f"exec </dev/null; {script}")
     user = options.become_user or host.become_user
     if user:
         sudo += ("-u", user)
-    return Invocation((*sudo, "--", *argv), True, password_env)
+    return Invocation((*sudo, "--", *argv), True, password_env, env_payload)
 
 
 class CappedBuffer:

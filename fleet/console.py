@@ -54,6 +54,8 @@ class ProgressDisplay:
         ok = progress.counts.get("ok", 0)
         not_ok = progress.done - ok
         counts = f"[green]{ok} ok[/]" + (f" [red]{not_ok} not ok[/]" if not_ok else "")
+        if progress.batches:
+            counts = f"batch {progress.batch}/{progress.batches}  " + counts
         self._progress.update(
             self._task,
             completed=progress.done,

@@ -10,6 +10,7 @@ The CLI alone turns them into one-line messages and exit codes::
     ├── RunNotFoundError            no run with that id (or it expired)     (exit 2)
     ├── SSHError                    SSH layer trouble that is not a host's  (exit 3)
     └── BackendError                broker or run store unreachable         (exit 3)
+        └── CorruptRecordError      a stored record is malformed (a ValueError) (exit 3)
 
 A host's own trouble (refused, auth failure, timeout, non-zero exit) is never an
 exception: it is a status in its ``HostResult``.
@@ -85,3 +86,8 @@ class BackendError(FleetError):
     """The broker or the run store cannot be reached. The message names the URL, redacted."""
 
     exit_code = EXIT_INFRASTRUCTURE
+
+
+class CorruptRecordError(BackendError, ValueError):
+    """A record read back from the run store is malformed or has a field of the wrong
+    type (tampered, or written by something else). The message names the field."""

@@ -21,12 +21,16 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
+from fleet.actions import Action
 from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
-from fleet.errors import BackendError, RunNotFoundError, UsageError
+from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
-from fleet.results import HostResult, RunReport, Status, utc_now
+from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
+from fleet.rollout import NO_ROLLOUT, Rollout, skipped_message
+from fleet.runenv import run_options
 from fleet.settings import DEFAULTS, Settings
 from fleet.store.protocol import RunStore
 
@@ -47,6 +51,11 @@ SAVE_RETRY_S = 20.0
 SAVE_RETRY_FIRST_DELAY_S = 0.2
 SAVE_RETRY_MAX_DELAY_S = 2.0
 
+#: A --fanout slot outlives its host's own limits by this much (seconds) before it frees
+#: itself; a slot whose options cannot be read is held this long.
+FANOUT_HOLD_MARGIN_S = 10.0
+DEFAULT_FANOUT_HOLD_S = 600.0
+
 log = logging.getLogger(__name__)
 
 
@@ -58,9 +67,16 @@ class RunRequest:
     options: ExecOptions
     deadline_s: float | None = None  # None: derived from the timeouts and the host count
     schedule: str | None = None  # set when Celery beat fires an inventory schedule
+    rollout: Rollout = NO_ROLLOUT  # batches, failure budget, fan-out (fleet.rollout)
+    action: Action | None = None  # script, copy, fetch instead of `command` (fleet.actions)
 
     def __post_init__(self) -> None:
         check_command(self.command)
+        if self.rollout.max_fail is not None and self.rollout.batch is None:
+            raise UsageError(
+                f"--max-fail {self.rollout.max_fail} needs --batch: the budget is checked "
+                "between batches"
+            )
 
 
 def check_command(command: str) -> None:
@@ -77,7 +93,9 @@ def new_run_id() -> str:
 
 def run_deadline_s(request: RunRequest) -> float:
     """Seconds the run may take. Raises `UsageError` for a deadline no host could meet."""
-    deadline_s = request.deadline_s or default_deadline(request.options, len(request.hosts))
+    deadline_s = request.deadline_s or default_deadline(
+        request.options, len(request.hosts), request.rollout
+    )
     if deadline_s > MAX_DEADLINE_S:
         raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
     budget = host_budget(request.options)
@@ -149,10 +167,14 @@ def host_budget(options: ExecOptions) -> float:
     return options.connect_timeout + options.auth_timeout + options.command_timeout
 
 
-def default_deadline(options: ExecOptions, host_count: int) -> float:
-    per_host = host_budget(options)
-    waves = max(1, math.ceil(host_count / ASSUMED_SLOTS))
-    return per_host * waves + 60.0
+def default_deadline(options: ExecOptions, host_count: int, rollout: Rollout = NO_ROLLOUT) -> float:
+    """Seconds: one host's budget per wave of hosts, plus a minute. A wave is as many
+    hosts as run at once: the assumed worker slots, fewer with `--fanout`; batches run
+    one after another, so their waves add up."""
+    slots = min(ASSUMED_SLOTS, rollout.fanout or ASSUMED_SLOTS)
+    sizes = rollout.batch_sizes(host_count)
+    waves = max(1, sum(math.ceil(size / slots) for size in sizes))
+    return host_budget(options) * waves + 60.0
 
 
 def run_host_job(
@@ -194,10 +216,30 @@ def run_host_job(
     # A progress event is worth less than the run: the host is claimed, so go on.
     with contextlib.suppress(BackendError):
         store.add_event(run_id, {"type": "started", "host": host.name, "worker": worker})
-    env = {**options.env, "FLEET_RUN_ID": run_id, "FLEET_HOST": host.name}
-    result = execute(host, command, replace(options, env=env)).with_worker(worker)
+    # The run's --env values come from the store by run id, never from the message.
+    prepared = run_options(store, run_id, host, options)
+    if isinstance(prepared, HostResult):
+        result = prepared.with_worker(worker)
+    else:
+        result = execute(host, command, prepared).with_worker(worker)
     _save_with_retry(store, run_id, result, save_retry_s)
     return result
+
+
+def take_fanout_slot(
+    store: RunStore, run_id: str, host: str, fanout: int, options: dict[str, Any]
+) -> bool:
+    """Take one of the run's `fanout` slots for `host` before it starts (`--fanout`).
+
+    The slot is held at most as long as the host can take (its connect, auth and
+    command timeouts, from the task's `options`, plus a margin): a worker killed while
+    holding it cannot keep it. Raises `BackendError`.
+    """
+    try:
+        hold_s = host_budget(ExecOptions.from_dict(options)) + FANOUT_HOLD_MARGIN_S
+    except (TypeError, ValueError, FleetError):
+        hold_s = DEFAULT_FANOUT_HOLD_S
+    return store.take_fanout_slot(run_id, host, max(1, fanout), hold_s)
 
 
 def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s: float) -> None:
@@ -276,6 +318,7 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
     store.set_state(run_id, "cancelled", expected="cancelled", finished_at=finished_at)
     report = RunReport.assemble(store.get_run(run_id), list(results.values()))
     store.save_report(report)
+    store.drop_env(run_id)  # no host will start any more: its --env values go
     store.add_event(run_id, {"type": "finished"})
     return report
 
@@ -308,3 +351,48 @@ def settle_run(store: RunStore, run_id: str) -> RunReport:
         return final
     run = store.get_run(run_id)
     return RunReport.assemble(run, list(store.results(run_id).values()))
+
+
+#: The claim name that marks batch K as published (never a host name: inventory names
+#: hold no control character), so a redelivered chord callback publishes a batch once.
+BATCH_CLAIM = "\x00batch:{}"
+
+
+def next_batch(store: RunStore, run_id: str, done: int, *, worker: str) -> int | None:
+    """After batch `done` (0-based) ended: the index of the batch to publish now, or None.
+
+    None when the run is not batched, was the last batch, is no longer running
+    (cancelled: its unstarted hosts are already `cancelled`), or when the hosts not
+    `ok` so far reached the run's `max_fail`: then every host of the later batches is
+    claimed and recorded `skipped`, so no message can start it afterwards. Called by
+    every delivery of a batch's chord callback; only the first gets the index.
+    Raises `BackendError`.
+    """
+    run = store.get_run(run_id)
+    following = done + 1
+    if following >= len(run.batches) or run.state != "running":
+        return None
+    if run.max_fail is not None:
+        started = {name for names in run.batches[:following] for name in names}
+        results = store.results(run_id)
+        not_ok = sum(1 for name in started if name in results and not results[name].ok)
+        if not_ok >= run.max_fail:
+            _skip_rest(store, run, following)
+            return None
+    if not store.claim_host(run_id, BATCH_CLAIM.format(following), worker):
+        return None
+    store.add_event(
+        run_id,
+        {"type": "batch", "index": str(following + 1), "count": str(len(run.batches))},
+    )
+    return following
+
+
+def _skip_rest(store: RunStore, run: RunRecord, first: int) -> None:
+    message = skipped_message(run)
+    addresses = {h.name: h.address for h in store.run_hosts(run.run_id)}
+    for names in run.batches[first:]:
+        for name in names:
+            if store.claim_host(run.run_id, name, FINALIZER):
+                result = HostResult.not_run(name, Status.SKIPPED, message, addresses.get(name, ""))
+                store.save_result(run.run_id, result)

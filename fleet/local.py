@@ -22,6 +22,7 @@ from fleet.command import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_inv
 from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
+from fleet.stdin_env import stdin_bytes
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 # What a command inherits from the worker's environment (as sshd gives a session).
@@ -35,9 +36,11 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
         invocation = build_invocation(host, command, options)
     except ConfigError as exc:
         return clock.result(host, Status.ERROR, error=str(exc))
-    stdin_data = _sudo_password(invocation.sudo_password_env)
-    if isinstance(stdin_data, str):
-        return clock.result(host, Status.ERROR, error=stdin_data)
+    password = _sudo_password(invocation.sudo_password_env)
+    if isinstance(password, str):
+        return clock.result(host, Status.ERROR, error=password)
+    # The sudo password line, then the environment values: never in the command line.
+    stdin_data = stdin_bytes(invocation.env_payload, password)
     env = command_environment(os.environ, host, options)
     try:
         proc = subprocess.Popen(
@@ -51,6 +54,7 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
     except OSError as exc:
         return clock.result(host, Status.ERROR, error=f"cannot start the command: {exc}")
     if stdin_data and proc.stdin is not None:
+        # Never blocks: at most the password and MAX_ENV_BYTES, below a pipe's buffer.
         # OSError: the command ended or closed stdin; it never wanted the password.
         with contextlib.suppress(OSError):
             proc.stdin.write(stdin_data)
@@ -85,26 +89,27 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
 def command_environment(
     worker_env: Mapping[str, str], host: Host, options: ExecOptions
 ) -> dict[str, str]:
-    """What a local command sees: a login-like minimum of the worker's environment,
-    then the host's and the run's variables. The worker's environment holds the
-    secrets behind `password_env` and `become_password_env`, and broker URLs."""
+    """What a local command starts with: a login-like minimum of the worker's
+    environment. The worker's environment holds the secrets behind `password_env` and
+    `become_password_env`, and broker URLs. The host's and the run's variables are set
+    by the wrapping shell (`fleet.command.build_invocation`), as over SSH."""
     base = {
         name: value
         for name, value in worker_env.items()
         if name in _PASSED_ENV or name.startswith("LC_")
     }
     base.setdefault("PATH", os.defpath)
-    return {**base, **host.env, **options.env}
+    return base
 
 
 def _sudo_password(env_name: str | None) -> bytes | str | None:
-    """The sudo password as bytes for stdin, or an error message; never the value in it."""
+    """The sudo password as bytes (no newline), or an error message; never the value in it."""
     if env_name is None:
         return None
     value = os.environ.get(env_name)
     if value is None:
         return f"become_password_env names {env_name!r}, which is not set on the worker"
-    return value.encode() + b"\n"
+    return value.encode()
 
 
 def _drain(

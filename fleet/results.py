@@ -6,6 +6,7 @@ dicts travel in task results, sit in the run store and make up `--json`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -13,7 +14,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from fleet.errors import EXIT_HOSTS_FAILED, FleetError
+from fleet.decoding import (
+    COUNT,
+    MAPPING,
+    SECONDS,
+    TIME,
+    Check,
+    decode_fields,
+    field_checks,
+    one_of,
+    optional,
+)
+from fleet.errors import EXIT_HOSTS_FAILED, CorruptRecordError, FleetError
 
 
 class Status(StrEnum):
@@ -27,6 +39,7 @@ class Status(StrEnum):
     CANCELLED = "cancelled"  # not run: the run was cancelled first
     LOST = "lost"  # no result by the run's deadline (a worker died, a message vanished)
     INTERRUPTED = "interrupted"  # a redelivered task found its host already claimed
+    SKIPPED = "skipped"  # not run: an earlier batch crossed the run's --max-fail
 
     @property
     def is_ok(self) -> bool:
@@ -44,6 +57,7 @@ STATUS_ORDER: tuple[Status, ...] = (
     Status.LOST,
     Status.INTERRUPTED,
     Status.CANCELLED,
+    Status.SKIPPED,
     Status.OK,
 )
 
@@ -78,6 +92,9 @@ class HostResult:
     worker: str | None = None  # Celery node name that ran it
     connection_reused: bool = False
     remote_kill_confirmed: bool | None = None  # after a timeout: did the remote process end?
+    # script, copy, fetch (fleet.transfer): the file that went across, as
+    # {"path": str, "bytes": int, "sha256": hex str}; None for a command
+    transfer: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def ok(self) -> bool:
@@ -89,14 +106,13 @@ class HostResult:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = self.status.value
+        data["transfer"] = dict(self.transfer) if self.transfer is not None else None
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HostResult:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["status"] = Status(values["status"])
-        return cls(**values)
+        """Raises `CorruptRecordError` (a `ValueError`) naming a field of the wrong type."""
+        return cls(**decode_fields("host result", cls, data, _result_checks()))
 
     @classmethod
     def not_run(cls, host: str, status: Status, error: str, address: str = "") -> HostResult:
@@ -120,20 +136,47 @@ class RunRecord:
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     finished_at: str | None = None
     schedule: str | None = None  # the inventory schedule that started it (Celery beat)
+    # Rolling runs (fleet.rollout): host names per batch, in order (() = one batch);
+    # hosts not ok at which no further batch starts; hosts in flight at most.
+    batches: tuple[tuple[str, ...], ...] = ()
+    max_fail: int | None = None
+    fanout: int | None = None
+    # script, copy, fetch: what each host does instead of `command` (fleet.actions)
+    action: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["hosts"] = list(self.hosts)
         data["options"] = dict(self.options)
+        data["batches"] = [list(names) for names in self.batches]
+        data["action"] = dict(self.action) if self.action is not None else None
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["hosts"] = tuple(values.get("hosts", ()))
-        values["options"] = dict(values.get("options") or {})
-        return cls(**values)
+        """Raises `CorruptRecordError` (a `ValueError`) naming a field of the wrong type."""
+        return cls(**decode_fields("run record", cls, data, _record_checks()))
+
+
+@functools.cache
+def _result_checks() -> dict[str, Check]:
+    """What each stored `HostResult` field must hold (`fleet.decoding`)."""
+    counts = {f"{s}_bytes": COUNT for s in ("stdout", "stderr")}
+    kept = {f"{s}_kept_bytes": optional(COUNT) for s in ("stdout", "stderr")}
+    times = {"started_at": optional(TIME), "finished_at": optional(TIME)}
+    status = one_of(Status, ", ".join(s.value for s in Status))
+    overrides = {"status": status, "duration_s": optional(SECONDS), **counts, **kept, **times}
+    overrides["transfer"] = optional(MAPPING)
+    return field_checks(HostResult, overrides)
+
+
+@functools.cache
+def _record_checks() -> dict[str, Check]:
+    """What each stored `RunRecord` field must hold (`fleet.decoding`)."""
+    overrides = {"created_at": TIME, "finished_at": optional(TIME)}
+    overrides |= {"max_fail": optional(COUNT), "fanout": optional(COUNT)}
+    overrides["action"] = optional(MAPPING)
+    return field_checks(RunRecord, overrides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +265,11 @@ class RunReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
+        """Raises `CorruptRecordError` (a `ValueError`) naming what is malformed."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("results"), list):
+            raise CorruptRecordError("run report: expected an object with a results list")
         return cls(
-            run=RunRecord.from_dict(data["run"]),
+            run=RunRecord.from_dict(data.get("run", {})),
             results=tuple(HostResult.from_dict(r) for r in data["results"]),
         )
 

@@ -9,18 +9,17 @@ deadline it finishes the run itself, so a lost chord never leaves the caller wai
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
+from fleet import audit, canvas
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
-from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.lifecycle import RunRequest, cancel_run, finalize_run, new_run_id
 from fleet.results import RunRecord, RunReport, utc_now
+from fleet.runenv import stage_run_env
 from fleet.settings import Settings, redact_url
 from fleet.store.protocol import RunStore
 from fleet.textsafe import exception_line
@@ -39,22 +38,19 @@ class Progress:
     counts: dict[str, int] = field(default_factory=dict)
     started: int = 0
     elapsed_s: float = 0.0
+    batch: int = 0  # 1-based number of the batch running, 0: not a batched run
+    batches: int = 0
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
 
-def task_host(host: Host) -> dict[str, Any]:
-    """The host as it travels in a task message: connection values only, no free vars."""
-    data = host.to_dict()
-    data.pop("vars", None)
-    return data
-
-
-def queue_for(host: Host, *, embedded: bool) -> str:
-    # The in-process worker consumes one queue; routing matters only across machines.
-    return DEFAULT_QUEUE if embedded else (host.queue or DEFAULT_QUEUE)
+def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: Any = None) -> Any:
+    """`fleet.canvas.build_canvas` with the environment's app by default."""
+    if app is None:
+        from fleet.celery import app
+    return canvas.build_canvas(run, request, embedded=embedded, app=app)
 
 
 def submit_run(
@@ -64,9 +60,13 @@ def submit_run(
     settings: Settings,
     deadline_s: float,
     run_id: str | None = None,
+    signer: str | None = None,
 ) -> RunRecord:
     """Record the run and publish its canvas; `deadline_s` (seconds) comes from
-    `fleet.lifecycle.run_deadline_s`. Raises `BackendError`, `UsageError`."""
+    `fleet.lifecycle.run_deadline_s`; `signer`: the submitter's signing identity, if any.
+
+    The audit entry (`fleet.audit`) is written first: when it cannot be, nothing is
+    recorded or published (`BackendError`). Raises `BackendError`, `UsageError`."""
     from fleet.celery import app_for
 
     app = app_for(settings)
@@ -77,6 +77,7 @@ def submit_run(
     if not embedded:
         check_broker(app, settings)
 
+    who = audit.who()
     run = RunRecord(
         run_id=run_id or new_run_id(),
         command=request.command,
@@ -84,19 +85,34 @@ def submit_run(
         hosts=tuple(h.name for h in request.hosts),
         created_at=utc_now(),
         deadline=time.time() + deadline_s,
-        user=f"beat@{_node()}" if request.schedule else _who(),
+        user=f"beat@{audit.node()}" if request.schedule else audit.run_user(who, signer),
         schedule=request.schedule,
         options=request.options.to_dict(),
+        batches=request.rollout.plan([h.name for h in request.hosts]),
+        max_fail=request.rollout.fail_limit(len(request.hosts)),
+        fanout=request.rollout.fanout,
+        action=request.action.to_message() if request.action else None,
     )
+    _audit_submit(store, run, who=who, signer=signer)
+    # Before the record exists, so no worker can start a host without its values.
+    stage_run_env(store, run.run_id, request.options, deadline_s)
     store.create_run(run, request.hosts)
     try:
+        if run.batches:
+            store.add_event(
+                run.run_id, {"type": "batch", "index": "1", "count": str(len(run.batches))}
+            )
+            first = set(run.batches[0])
+            request = replace(request, hosts=tuple(h for h in request.hosts if h.name in first))
         build_canvas(run, request, embedded=embedded, app=app).apply_async()
         _release_subscriptions(app)
     except BaseException as exc:
         # Whatever was published before the failure (or Ctrl-C) must not run: the cancel
         # claims every host not yet started, so a message arriving later is refused.
         with contextlib.suppress(FleetError):
-            cancel_run(store, run.run_id)
+            if cancel_run(store, run.run_id):
+                entry = audit.AuditEntry.for_run(audit.CANCEL, run, who=who, signer=signer)
+                store.append_audit(entry)  # by fleet itself, on the submitter's behalf
         if not isinstance(exc, Exception):
             raise
         raise BackendError(
@@ -104,46 +120,6 @@ def submit_run(
             f"run {run.run_id}: {exc}; the run was cancelled"
         ) from exc
     return run
-
-
-def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: Any = None) -> Any:
-    """The run's chord, unsent: one `run_on_host` per host on its queue, then `aggregate`.
-
-    Every message expires at the run's deadline: a message that sits in the broker
-    longer (no worker on its queue) is dropped instead of running after the run ended.
-    """
-    from celery import chord, group
-
-    from fleet.tasks import AGGREGATE, RUN_ON_HOST
-
-    if app is None:
-        from fleet.celery import app
-    expires = datetime.fromtimestamp(run.deadline, UTC)
-    # Paths on the submitter's machine mean nothing on a worker's (fleet.worker).
-    options = request.options.to_message()
-    members = [
-        app.signature(
-            RUN_ON_HOST,
-            args=(run.run_id, task_host(h), request.command, options),
-            queue=queue_for(h, embedded=embedded),
-            expires=expires,
-        )
-        for h in request.hosts
-    ]
-    callback = app.signature(
-        AGGREGATE,
-        args=(run.run_id,),
-        queue=callback_queue(request.hosts, embedded=embedded),
-        expires=expires,
-    )
-    return chord(group(members), callback, app=app)
-
-
-def callback_queue(hosts: tuple[Host, ...], *, embedded: bool) -> str:
-    """Where the chord callback goes: a queue this run's own hosts use, so it is served
-    whenever the run's tasks are (the default queue may have no worker at all)."""
-    queues = [queue_for(h, embedded=embedded) for h in hosts]
-    return DEFAULT_QUEUE if DEFAULT_QUEUE in queues or not queues else queues[0]
 
 
 def _release_subscriptions(app: Any) -> None:
@@ -174,18 +150,27 @@ def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:
         raise BackendError(f"broker at {url} unreachable: {exception_line(exc)}") from exc
 
 
-def _node() -> str:
+def _audit_submit(store: RunStore, run: RunRecord, *, who: str, signer: str | None) -> None:
+    # The audit is the record of who ran what: no entry, no run.
     try:
-        return os.uname().nodename
-    except OSError:
-        return "unknown"
+        store.append_audit(audit.AuditEntry.for_run(audit.SUBMIT, run, who=who, signer=signer))
+    except BackendError as exc:
+        raise BackendError(
+            f"audit log not written, so run {run.run_id} was not submitted: {exc}"
+        ) from exc
 
 
-def _who() -> str:
+def record_cancel(store: RunStore, run_id: str, *, signer: str | None = None) -> None:
+    """Append the audit entry of a cancel that happened (`fleet.lifecycle.cancel_run`
+    returned True). Raises `BackendError`, saying the run is cancelled all the same."""
     try:
-        return f"{getpass.getuser()}@{os.uname().nodename}"
-    except (KeyError, OSError):
-        return "unknown"
+        run = store.get_run(run_id)
+        entry = audit.AuditEntry.for_run(audit.CANCEL, run, who=audit.who(), signer=signer)
+        store.append_audit(entry)
+    except (BackendError, RunNotFoundError) as exc:
+        raise BackendError(
+            f"run {run_id} is cancelled, but its audit entry was not written: {exc}"
+        ) from exc
 
 
 def follow_run(
@@ -210,6 +195,7 @@ def follow_run(
     # Events replay from the start, so a follower that attaches late (or again) counts right.
     counts: dict[str, int] = {}
     started_hosts = 0
+    batch = 0
     last_event = "0"
     delay = OUTAGE_FIRST_DELAY_S
     next_presence_check = time.monotonic() + PRESENCE_CHECK_S
@@ -254,6 +240,8 @@ def follow_run(
                 counts[status] = counts.get(status, 0) + 1
             elif kind == "started":
                 started_hosts += 1
+            elif kind == "batch":
+                batch = _count(event.get("index"), batch)
         if on_progress is not None:
             on_progress(
                 Progress(
@@ -261,8 +249,15 @@ def follow_run(
                     counts=dict(counts),
                     started=started_hosts,
                     elapsed_s=max(0.0, time.time() - created),
+                    batch=batch,
+                    batches=len(run.batches),
                 )
             )
+
+
+def _count(text: str | None, default: int) -> int:
+    # Events are store data: a malformed one is ignored, never fatal.
+    return int(text) if text is not None and text.isdigit() else default
 
 
 def _epoch(iso: str) -> float:

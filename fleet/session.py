@@ -7,13 +7,14 @@ embedded mode the in-process worker).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 
 from fleet.lifecycle import RunRequest, cancel_run, run_deadline_s, settle_run
 from fleet.results import RunRecord, RunReport
-from fleet.runs import Progress, follow_run, submit_run
+from fleet.runs import Progress, follow_run, record_cancel, submit_run
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
@@ -53,9 +54,15 @@ class RunSession:
         """Record and publish a run. Its deadline is decided here, once, before anything
         starts (`fleet.lifecycle.run_deadline_s`)."""
         deadline_s = run_deadline_s(request)
+        signer = self.signer
         self._ensure_worker()
         return submit_run(
-            self.store, request, settings=self.settings, deadline_s=deadline_s, run_id=run_id
+            self.store,
+            request,
+            settings=self.settings,
+            deadline_s=deadline_s,
+            run_id=run_id,
+            signer=signer,
         )
 
     def follow(
@@ -78,9 +85,24 @@ class RunSession:
     def run_state(self, run_id: str) -> str:
         return self.store.get_run(run_id).state
 
+    @functools.cached_property
+    def signer(self) -> str | None:
+        """The identity this session signs task messages with (its certificate's CN), or
+        None when signing is off: the audit log's `signer`, and part of a run record's
+        `user`. Raises `ConfigError` for a half-configured signing set-up."""
+        from fleet.signing import signer_identity  # cryptography: only when it is needed
+
+        return signer_identity(self.settings)
+
     def cancel(self, run_id: str) -> bool:
-        """True if the run was running and is now cancelled."""
-        return cancel_run(self.store, run_id)
+        """True if the run was running and is now cancelled; then one audit entry is
+        appended (`fleet.runs.record_cancel`: `BackendError` if it cannot be, although
+        the run is cancelled all the same)."""
+        signer = self.signer  # a bad signing set-up fails before anything changes
+        if not cancel_run(self.store, run_id):
+            return False
+        record_cancel(self.store, run_id, signer=signer)
+        return True
 
     def close(self) -> None:
         self._stack.close()

@@ -2,40 +2,75 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from celery import Task, shared_task
 
+from fleet.canvas import AGGREGATE, RUN_ON_HOST, publish_batch
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import finalize_run, run_host_job
-from fleet.worker import exec_options, execute_allowed, worker_store
+from fleet.lifecycle import finalize_run, next_batch, run_host_job, take_fanout_slot
+from fleet.worker import (
+    action_executor,
+    exec_options,
+    execute_allowed,
+    worker_settings,
+    worker_store,
+)
 
-RUN_ON_HOST = "fleet.run_on_host"
-AGGREGATE = "fleet.aggregate"
+#: At most this long (seconds, doubled at random) before a task waiting for one of its
+#: run's --fanout slots asks again.
+FANOUT_RETRY_S = 0.5
 
 
 # shared_task: registered on every fleet app (the worker's, and one made for explicit
 # settings by the Python API), not only the one built from the environment.
 # Ack timing and prefetch come from fleet.celery_config, per broker (a site cannot weaken them).
-@shared_task(name=RUN_ON_HOST, bind=True)  # type: ignore[untyped-decorator]
+@shared_task(name=RUN_ON_HOST, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def run_on_host(
-    self: Task, run_id: str, host: dict[str, Any], command: str, options: dict[str, Any]
+    self: Task,
+    run_id: str,
+    host: dict[str, Any],
+    command: str,
+    options: dict[str, Any],
+    fanout: int | None = None,
+    action: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    result = run_host_job(
-        worker_store(),
-        run_id,
-        Host.from_dict(host),
-        command,
-        exec_options(options),
-        worker=str(self.request.hostname or "unknown"),
-        execute=execute_allowed,
-    )
+    store = worker_store()
+    name = str(host.get("name", ""))
+    if fanout and not take_fanout_slot(store, run_id, name, int(fanout), options):
+        # Every slot of the run's --fanout is taken: come back later, holding no worker
+        # slot meanwhile. The message's expiry (the run's deadline) still bounds it.
+        raise self.retry(countdown=FANOUT_RETRY_S * (1 + random.random()))
+    try:
+        result = run_host_job(
+            store,
+            run_id,
+            Host.from_dict(host),
+            command,
+            exec_options(options),
+            worker=str(self.request.hostname or "unknown"),
+            # action: a script, copy or fetch (fleet.actions), checked by the worker.
+            execute=execute_allowed if action is None else action_executor(run_id, action),
+        )
+    finally:
+        if fanout:
+            store.release_fanout_slot(run_id, name)
     return {"host": result.host, "status": result.status.value}
 
 
-@shared_task(name=AGGREGATE)  # type: ignore[untyped-decorator]
-def aggregate(_results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+@shared_task(name=AGGREGATE, bind=True)  # type: ignore[untyped-decorator]
+def aggregate(
+    self: Task, _results: list[dict[str, Any]], run_id: str, batch: int | None = None
+) -> dict[str, Any]:
     # The chord's inputs only say "every member returned"; the store holds the truth
     # (a duplicated delivery may have returned `interrupted` for a host that is fine).
-    report = finalize_run(worker_store(), run_id)
+    store = worker_store()
+    if batch is not None:
+        following = next_batch(store, run_id, int(batch), worker=str(self.request.hostname))
+        if following is not None:
+            publish_batch(
+                store, run_id, following, embedded=worker_settings().is_embedded, app=self.app
+            )
+    report = finalize_run(store, run_id)
     return {"run_id": run_id, "finished": report is not None}

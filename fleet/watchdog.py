@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from fleet.errors import FleetError
+from fleet.errors import CorruptRecordError, FleetError
 from fleet.lifecycle import finalize_run
 from fleet.store.protocol import RunStore
 
@@ -31,6 +31,8 @@ def finalize_overdue(store: RunStore, now: float | None = None) -> list[str]:
         try:
             if overdue and finalize_run(store, run.run_id, now=now) is not None:
                 finished.append(run.run_id)
+        except CorruptRecordError as exc:  # one run's tampered data, not the store failing
+            log.warning("watchdog: run %s not finished: %s", run.run_id, exc)
         except FleetError:
             raise  # the store itself failing: the whole sweep waits for the next round
         except Exception as exc:  # one run's bad data must not stop the others'

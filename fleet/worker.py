@@ -13,19 +13,22 @@ worker started as ``celery -A fleet worker`` runs them; they hold no other logic
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from celery.utils.log import get_logger
 
-from fleet import celery_config
+from fleet import celery_config, signing
 from fleet.command import ExecOptions
 from fleet.errors import ConfigError, FleetError
 from fleet.execute import execute
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult
+from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
@@ -75,11 +78,37 @@ def exec_options(message: dict[str, Any]) -> ExecOptions:
 
 def execute_allowed(host: Host, command: str, options: ExecOptions) -> HostResult:
     """`fleet.execute.execute`, for the hosts this worker allows; a refused host gets
-    its reason as an `error` result and is never contacted (`fleet.trust.refusal`)."""
-    reason = refusal(host, worker_settings())
+    its reason as an `error` result and is never contacted (`fleet.trust.refusal`,
+    `fleet.runenv.env_from_refusal`); `env_from` references are resolved here."""
+    settings = worker_settings()
+    reason = refusal(host, settings) or env_from_refusal(host, options, settings)
     if reason is not None:
         return refused_result(host, reason)
-    return execute(host, command, options)
+    resolved = resolve_env_from(host, options, os.environ)
+    if isinstance(resolved, HostResult):
+        return resolved
+    return execute(host, command, resolved)
+
+
+def action_executor(run_id: str, message: Any) -> Callable[[Host, str, ExecOptions], HostResult]:
+    """The execute function of a script, copy or fetch (`fleet.transfer.run_action`) for
+    `execute_allowed`'s hosts. `message` is untrusted: an action that does not check
+    (`fleet.actions.Action.from_message`) is each host's `error`, and nothing is run."""
+    from fleet.actions import Action
+    from fleet.transfer import run_action
+
+    def run(host: Host, _command: str, options: ExecOptions) -> HostResult:
+        reason = refusal(host, worker_settings())
+        if reason is not None:
+            return refused_result(host, reason)
+        try:
+            action = Action.from_message(message)
+        except FleetError as exc:
+            return refused_result(host, f"malformed action in the task message: {exc}")
+        limit = worker_settings().transfer_limit
+        return run_action(worker_store(), run_id, host, action, options, limit)
+
+    return run
 
 
 @functools.cache
@@ -105,8 +134,37 @@ def _check_worker_start(sender: Any = None, **_: Any) -> None:
         )
     try:
         settings.require_result_backend()
+        _check_signing(getattr(sender, "app", None))
     except ConfigError as exc:
         raise SystemExit(f"fleet: {exc}") from None
+    # Refused messages (unsigned, unknown signer, changed body): one line each.
+    signs = getattr(getattr(sender, "app", None), "fleet_signing", None) is not None
+    logging.getLogger(signing.CONSUMER_LOGGER).addFilter(
+        signing.RefusedMessageFilter(signing=signs)
+    )
+
+
+def _check_signing(celery_app: Any) -> None:
+    error = getattr(celery_app, "fleet_config_error", None)
+    if error is not None:
+        raise error
+    config = getattr(celery_app, "fleet_signing", None)
+    if config is not None:
+        signing.check_worker_signing(config)
+
+
+def _signing_line(celery_app: Any) -> str:
+    config = getattr(celery_app, "fleet_signing", None)
+    if config is None:
+        return (
+            "fleet: message signing OFF: this worker runs any task message written to "
+            "the broker (set FLEET_SIGNING_KEY, FLEET_SIGNING_CERT, "
+            "FLEET_SIGNING_CERT_STORE; see fleet keys init)"
+        )
+    return (
+        f"fleet: message signing ON: signing as CN={config.signer}; accepting only "
+        f"messages signed by a certificate in {config.cert_store}"
+    )
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
@@ -146,7 +204,9 @@ def _configure_pool(settings: Settings) -> None:
 def _say_weakened_settings(consumer: Any, controller: Any) -> None:
     # At ready, not init: the worker's logging is set up by then, so the line lands in
     # its log beside the banner.
-    refused = getattr(getattr(consumer, "app", None), "fleet_refused_settings", [])
+    celery_app = getattr(consumer, "app", None)
+    log.info(_signing_line(celery_app))
+    refused = getattr(celery_app, "fleet_refused_settings", [])
     if refused:
         log.warning(celery_config.refusal_line(refused))
     multiplier = getattr(controller, "prefetch_multiplier", 1)

@@ -29,6 +29,7 @@ KNOWN_HOST_VARS = frozenset(
         "become_user",
         "become_password_env",
         "env",
+        "env_from",
     }
 )
 
@@ -57,11 +58,14 @@ class Host:
     become_user: str | None = None
     become_password_env: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, hash=False, compare=True)
+    # NAME -> a variable of the worker's environment, resolved there (fleet.runenv)
+    env_from: Mapping[str, str] = field(default_factory=dict, hash=False, compare=True)
     vars: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
     groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", _frozen_mapping(self.env))
+        object.__setattr__(self, "env_from", _frozen_mapping(self.env_from))
         object.__setattr__(self, "vars", _frozen_mapping(self.vars))
 
     @property
@@ -83,6 +87,7 @@ class Host:
             "become_user": self.become_user,
             "become_password_env": self.become_password_env,
             "env": dict(self.env),
+            "env_from": dict(self.env_from),
             "vars": dict(self.vars),
             "groups": list(self.groups),
         }
@@ -103,6 +108,7 @@ class Host:
             become_user=data.get("become_user"),
             become_password_env=data.get("become_password_env"),
             env=data.get("env") or {},
+            env_from=data.get("env_from") or {},
             vars=data.get("vars") or {},
             groups=tuple(data.get("groups") or ()),
         )

@@ -46,6 +46,8 @@ from fleet.inventory.schema import (
     check_inventory,
     join_path,
 )
+from fleet.inventory.sizes import ResolvedSize
+from fleet.settings import DEFAULTS
 
 __all__ = [
     "MAX_DEPTH",
@@ -107,11 +109,11 @@ class Inventory:
         resolve_pattern(pattern, self.members, self._by_name.keys())
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def load_inventory(path: str | Path, *, max_bytes: int = DEFAULTS.inventory_max_bytes) -> Inventory:
     """Read and validate the inventory file at `path`.
 
     Raises `InventoryError` naming the file for a missing or unreadable file, one
-    larger than 16 MiB, and every problem in its content.
+    larger than 16 MiB, and every problem in its content (`parse_inventory`).
     """
     source = str(path)
     try:
@@ -129,20 +131,24 @@ def load_inventory(path: str | Path) -> Inventory:
     except UnicodeDecodeError as exc:
         problem = InventoryProblem("", f"not UTF-8 text (byte {exc.start})")
         raise InventoryError(source, problem) from None
-    return parse_inventory(text, source)
+    return parse_inventory(text, source, max_bytes=max_bytes)
 
 
-def parse_inventory(text: str, source: str) -> Inventory:
+def parse_inventory(
+    text: str, source: str, *, max_bytes: int = DEFAULTS.inventory_max_bytes
+) -> Inventory:
     """Validate inventory YAML `text`; `source` names it in messages.
 
-    Raises `InventoryError` carrying every problem found.
+    Raises `InventoryError` carrying every problem found, or naming the key path that
+    weighs most when the resolved hosts would carry more than `max_bytes` bytes of
+    variable values in all (`fleet.inventory.sizes`; 0: no limit).
     """
     problems: list[InventoryProblem] = []
     data = read_yaml(text, source, problems)
     spec = check_inventory(data, problems)
     if problems:
         raise InventoryError(source, problems)
-    inventory = _assemble(source, spec)
+    inventory = _assemble(source, spec, max_bytes)
     for schedule in spec.schedules.values():
         try:
             inventory.check_pattern(schedule.group)
@@ -153,7 +159,7 @@ def parse_inventory(text: str, source: str) -> Inventory:
     return inventory
 
 
-def _assemble(source: str, spec: InventorySpec) -> Inventory:
+def _assemble(source: str, spec: InventorySpec, max_bytes: int) -> Inventory:
     """Apply precedence (see the module docstring) to checked, acyclic groups."""
     defaults, groups = spec.defaults, spec.groups
     depth, lineage = _lineages(source, groups)
@@ -166,6 +172,7 @@ def _assemble(source: str, spec: InventorySpec) -> Inventory:
     base_cache: dict[tuple[str, ...], dict[str, Any]] = {}
     members: dict[str, set[str]] = {name: set() for name in groups}
     hosts = []
+    weight = ResolvedSize()
     for host, own in direct.items():
         chain = tuple(sorted(frozenset().union(*(lineage[g] for g in own)), key=rank.__getitem__))
         base = base_cache.get(chain)
@@ -174,14 +181,23 @@ def _assemble(source: str, spec: InventorySpec) -> Inventory:
             for name in chain:
                 base.update(groups[name].vars)
             base_cache[chain] = base
+            layers = [(join_path(join_path("groups", g), "vars"), groups[g].vars) for g in chain]
+            weight.base(chain, [("defaults", defaults), *layers])
         values = dict(base)
-        for name in sorted(own, key=rank.__getitem__):
-            values.update(groups[name].hosts[host])
+        listings = [(g, groups[g].hosts[host]) for g in sorted(own, key=rank.__getitem__)]
+        for _, listed in listings:
+            values.update(listed)
+        weight.host(chain, [(_host_path(g, host), listed) for g, listed in listings])
         for name in chain:
             members[name].add(host)
         hosts.append(_make_host(host, values, chain))
+    weight.check(source, max_bytes)
     frozen = {name: frozenset(names) for name, names in members.items()}
     return Inventory(source, tuple(hosts), tuple(groups), spec.schedules, frozen)
+
+
+def _host_path(group: str, host: str) -> str:
+    return join_path(join_path(join_path("groups", group), "hosts"), host)
 
 
 def _lineages(

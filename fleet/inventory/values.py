@@ -84,6 +84,24 @@ def _env(value: Any) -> str | None:
     return None
 
 
+def _env_from(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return (
+            "expected a mapping of variable names to the NAMES of variables on the workers, "
+            f"got {show_value(value)}"
+        )
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            return f"{show_value(key)} is not an environment variable name"
+        if not isinstance(item, str) or not _ENV_NAME.fullmatch(item):
+            # The value is not shown: a user may have put the secret itself here.
+            return (
+                f"{key}: expected the NAME of an environment variable on the workers, "
+                "like DB_PASSWORD"
+            )
+    return None
+
+
 def json_problem(value: Any) -> str | None:
     """Free vars travel in JSON task messages: dates, sets or bytes could not."""
     if value is None or isinstance(value, str | int | float | bool):
@@ -111,5 +129,6 @@ VAR_CHECKS = {
     "become_user": _token,
     "become_password_env": _env_name,
     "env": _env,
+    "env_from": _env_from,
 }
 assert set(VAR_CHECKS) == KNOWN_HOST_VARS  # a new Host field needs its check here

@@ -15,13 +15,16 @@ with a newline::
       "finished_at": "2024-01-01T10:00:03.200+00:00",  # null while running
       "counts": {"ok": 10, "failed": 1, ...},   # by status; every status present, 0 if none
       "hosts_total": 12,                  # hosts selected for the run
+      "batches": 3,                       # --batch: how many batches; null if not batched
+      "max_fail": 2,                      # --max-fail as a host count; null if none
+      "fanout": 10,                       # --fanout; null if none
       "results": [                        # one object per host with a result, in the
         {                                 # run's host order (fewer than hosts_total
           "host": "web01",                # only while the run is still going)
           "address": "10.0.0.1",
           "status": "ok",                 # ok failed timeout unreachable auth_failed
                                           # hostkey_rejected error cancelled lost
-                                          # interrupted
+                                          # interrupted skipped
           "exit_code": 0,                 # null when the command did not run to an end
           "stdout": "...", "stderr": "...",          # as kept (capped), UTF-8 decoded
                                           # (so "café" is written "caf\\u00e9")
@@ -33,7 +36,13 @@ with a newline::
           "started_at": "...", "finished_at": "...",
           "error": null,                  # why it is not ok, in an operator's words
           "worker": "w1@node",            # Celery node that ran it
-          "connection_reused": true       # a pooled SSH connection was used
+          "connection_reused": true,      # a pooled SSH connection was used
+          "transfer": {                   # fleet script/copy/fetch: the file that went
+            "path": "/etc/app.conf",      # across (null for a command): the remote path
+            "bytes": 5242880,             # (copy: where it landed), its size and sha256
+            "sha256": "9f86d08..."        # (copy: as checked on the host)
+          },
+          "batch": 1                      # 1-based batch number; null if not batched
         }
       ]
     }
@@ -101,6 +110,7 @@ _RESULT_KEYS = [
     "error",
     "worker",
     "connection_reused",
+    "transfer",
 ]
 
 
@@ -109,6 +119,7 @@ def report_json_dict(report: RunReport) -> dict[str, Any]:
     run = report.run
     order = {name: i for i, name in enumerate(run.hosts)}
     results = sorted(report.results, key=lambda r: order.get(r.host, len(order)))
+    batch = {name: i for i, names in enumerate(run.batches, start=1) for name in names}
     data: dict[str, Any] = {
         "run_id": run.run_id,
         "command": run.command,
@@ -118,8 +129,12 @@ def report_json_dict(report: RunReport) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "counts": all_counts(report),
         "hosts_total": len(run.hosts),
+        "batches": len(run.batches) or None,
+        "max_fail": run.max_fail,
+        "fanout": run.fanout,
         "results": [
-            {key: row[key] for key in _RESULT_KEYS} for row in (r.to_dict() for r in results)
+            {key: row[key] for key in _RESULT_KEYS} | {"batch": batch.get(row["host"])}
+            for row in (r.to_dict() for r in results)
         ],
     }
     cleaned: dict[str, Any] = _clean(data)

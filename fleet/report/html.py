@@ -129,7 +129,7 @@ def _host_table(report: RunReport) -> str:
         rows.append(
             f"<tr><td class=mono>{_e1(r.host)}</td><td class=mono>{_e1(r.address)}</td>"
             f'<td class="status s-{r.status.value}">{r.status.value}</td>'
-            f"<td>{'' if r.exit_code is None else r.exit_code}</td>"
+            f"<td>{'' if r.exit_code is None else _e1(str(r.exit_code))}</td>"
             f"<td>{format_seconds(r.duration_s)}</td><td>{_e1(r.worker or '')}</td>"
             f"<td>{'' if r.ok else html.escape(failure_reason(r), quote=True)}</td>"
             f"<td class=mono>{_e1(first)}</td></tr>"

@@ -189,6 +189,11 @@ def _header(doc: _Doc, run: RunRecord) -> None:
         ("by", by),
         ("when", f"started {_short_time(run.created_at)} UTC{ended}"),
     ]
+    rolling = [f"{len(run.batches)} batches"] if run.batches else []
+    rolling += [f"max-fail {run.max_fail}"] if run.max_fail is not None else []
+    rolling += [f"fanout {run.fanout}"] if run.fanout else []
+    if rolling:
+        rows.append(("rollout", ", ".join(rolling)))
     for label, value in rows:
         doc.line(f"{label + ':':<9}{make_visible_line(value)}")
     doc.line()
@@ -213,7 +218,7 @@ def render_summary_line(report: RunReport) -> str:
 
 
 def _short_time(iso: str | None) -> str:
-    return (iso or "-").replace("T", " ")[:19]
+    return make_visible_line((iso or "-").replace("T", " ")[:19])
 
 
 def render_runs(

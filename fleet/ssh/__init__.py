@@ -28,6 +28,7 @@ from fleet.ssh.errors import ConnectFailure, SessionRefused
 from fleet.ssh.paramiko_log import route_paramiko_logs
 from fleet.ssh.pool import ConnectionPool, Lease
 from fleet.ssh.sshconfig import Target, resolve_target
+from fleet.stdin_env import stdin_bytes
 
 __all__ = [
     "ConnectionPool",
@@ -153,7 +154,7 @@ def run_command(
         invocation = build_invocation(host, command, options)
     except ConfigError as exc:
         return clock.result(host, Status.ERROR, error=str(exc))
-    stdin_data: bytes | None = None
+    password: str | None = None
     if invocation.sudo_password_env:
         password = os.environ.get(invocation.sudo_password_env)
         if password is None:
@@ -163,7 +164,10 @@ def run_command(
                 error=f"become_password_env names {invocation.sudo_password_env!r}, "
                 "which is not set on the worker",
             )
-        stdin_data = password.encode() + b"\n"
+    # The sudo password line, then the environment values: never in the command line.
+    stdin_data = stdin_bytes(
+        invocation.env_payload, None if password is None else password.encode()
+    )
     stdout = CappedBuffer(options.output_cap)
     stderr = CappedBuffer(options.output_cap)
     try:

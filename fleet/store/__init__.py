@@ -35,9 +35,16 @@ def open_store(settings: Settings) -> RunStore:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         if home.stat().st_uid == os.getuid():
             home.chmod(0o700)  # fleet's home holds the history and its own known_hosts
-        return SqliteRunStore(Path(settings.home) / HISTORY_FILE, retention=settings.retention)
+        return SqliteRunStore(
+            Path(settings.home) / HISTORY_FILE,
+            retention=settings.retention,
+            audit_retention=settings.audit_retention,
+        )
     from fleet.store.redis_store import RedisRunStore
 
     return RedisRunStore.from_url(
-        settings.store_url, prefix=settings.prefix, retention=settings.retention
+        settings.store_url,
+        prefix=settings.prefix,
+        retention=settings.retention,
+        audit_retention=settings.audit_retention,
     )

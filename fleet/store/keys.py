@@ -3,15 +3,23 @@
 Layout, every key under one prefix and every key with a TTL (the retention)::
 
     {prefix}:run:{id}                hash: record (JSON RunRecord), state, finished_at,
-                                     deadline, hosts (JSON list of Host dicts), events_max
-    {prefix}:run:{id}:results        hash: host name -> JSON HostResult (first write wins)
+                                     deadline, hosts (JSON list of Host dicts, no free
+                                     vars), events_max
+    {prefix}:run:{id}:results        hash: host name -> JSON HostResult, compact
+                                     (`fleet.store.codec`; first write wins)
     {prefix}:run:{id}:events         stream of progress events (approximate MAXLEN)
-    {prefix}:run:{id}:report         string: JSON RunReport
+    {prefix}:run:{id}:report         string: JSON summary of the final report (counts);
+                                     the report is the record and the results
+    {prefix}:run:{id}:fanout         sorted set: hosts holding a --fanout slot, until when
+    {prefix}:run:{id}:env            string: JSON of the run's --env values (TTL: the
+                                     run's deadline; deleted when the run finishes)
     {prefix}:claim:{id}:{hexhost}    string: the worker that claimed the host
     {prefix}:runs                    sorted set: run id scored by creation time
     {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
     {prefix}:beat:{hexname}          hash: a schedule's last_slot, last_run_id, skipped
     {prefix}:beat:{hexname}:{slot}   string: the claim of one firing slot (first beat wins)
+    {prefix}:audit                   stream: the audit log (fleet.audit), one JSON entry per
+                                     id, trimmed by age (MINID); its own retention
 
 Host names may hold ``:``, ``/``, ``[`` and the like, so they appear in key names
 only hex-encoded; run ids are checked against `RUN_ID_RE` so that no id can
@@ -26,10 +34,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+from fleet.errors import CorruptRecordError
 from fleet.inventory.hosts import Host
 
 KeyKind = Literal[
-    "run", "results", "events", "report", "claim", "runs", "host_runs", "beat", "beat_slot"
+    "run",
+    "results",
+    "events",
+    "report",
+    "claim",
+    "runs",
+    "host_runs",
+    "beat",
+    "beat_slot",
+    "fanout",
+    "audit",
+    "env",
 ]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -48,6 +68,8 @@ def key(prefix: str, kind: KeyKind, run_id: str = "", host: str = "") -> str:
         return f"{prefix}:beat:{host_token(host)}:{run_id}"
     if kind == "runs":
         return f"{prefix}:runs"
+    if kind == "audit":
+        return f"{prefix}:audit"
     if kind == "host_runs":
         return f"{prefix}:host:{host_token(host)}:runs"
     if kind == "claim":
@@ -82,11 +104,17 @@ def dumps(value: Any) -> str:
 
 
 def hosts_json(hosts: Sequence[Host]) -> str:
-    return dumps([h.to_dict() for h in hosts])
+    """The run's hosts as stored: what a task needs of each, without free `vars` (an
+    inventory's free variables, repeated on every host, could make a record huge)."""
+    return dumps([{k: v for k, v in h.to_dict().items() if k != "vars"} for h in hosts])
 
 
 def hosts_from_json(text: str) -> tuple[Host, ...]:
-    return tuple(Host.from_dict(d) for d in json.loads(text))
+    """Raises `CorruptRecordError` (a `ValueError`) when the stored list is malformed."""
+    try:
+        return tuple(Host.from_dict(d) for d in json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptRecordError(f"run hosts: unreadable ({type(exc).__name__})") from None
 
 
 # KEYS[1] run hash. ARGV: expected state, new state, finished_at ("" to leave it).

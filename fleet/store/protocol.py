@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleet.audit import AuditEntry
+from fleet.errors import CorruptRecordError
 from fleet.inventory.hosts import Host
-from fleet.results import HostResult, RunRecord, RunReport
+from fleet.results import HostResult, RunRecord, RunReport, Status
 from fleet.textsafe import make_visible_line
 
 #: Run states. A run is created `running`; `finished` or `cancelled` end it.
@@ -71,6 +73,39 @@ def listed_run(run_id: str, decode: Callable[[], RunRecord | None]) -> RunRecord
         _log.warning("run %s: its record in the store is unreadable, skipped (%s)",
                      make_visible_line(run_id), reason)  # fmt: skip
         return None
+
+
+def read_run(run_id: str, decode: Callable[[], RunRecord | None]) -> RunRecord | None:
+    """`decode()`; when the stored record cannot be read, `CorruptRecordError` naming
+    `run_id` and why (``fleet report`` says so in one line, exit 3)."""
+    try:
+        return decode()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = make_visible_line(f"{exc}")[:200]
+        raise CorruptRecordError(
+            f"run {make_visible_line(run_id)}: its record in the store is unreadable ({reason})"
+        ) from None
+
+
+#: The error of a host whose stored result cannot be read (its status is `error`).
+UNREADABLE_RESULT = "its result in the store is unreadable"
+
+
+def stored_result(run_id: str, host: str, decode: Callable[[], HostResult]) -> HostResult:
+    """`decode()`, checked to be `host`'s; when it cannot be read (tampered, or written
+    by something else), a warning naming the run and host, and in its place an `error`
+    result for `host` saying why: a report shows every other host as it is, and this
+    one marked, never its raw content."""
+    try:
+        result = decode()
+        if result.host != host:
+            raise CorruptRecordError(f"host result: host: stored under {host!r}")
+        return result
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = make_visible_line(f"{exc}")[:200]
+        _log.warning("run %s: the result of host %s is unreadable (%s)",
+                     make_visible_line(run_id), make_visible_line(host), reason)  # fmt: skip
+        return HostResult.not_run(host, Status.ERROR, f"{UNREADABLE_RESULT} ({reason})")
 
 
 class RunStore(Protocol):
@@ -130,13 +165,32 @@ class RunStore(Protocol):
         """
 
     def save_report(self, report: RunReport) -> None:
-        """Store (or replace) the run's report."""
+        """Mark the run's report final, storing only its summary (`codec.summary_json`):
+        the results themselves are stored once, by `save_result`."""
 
     def load_report(self, run_id: str) -> RunReport | None:
-        """The stored report, or None."""
+        """The final report (the record and every stored result), or None before
+        `save_report`."""
 
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         """The most recent runs, newest first; with `host`, only runs that targeted it."""
+
+    def take_fanout_slot(self, run_id: str, host: str, limit: int, hold_s: float) -> bool:
+        """Take one of the run's `limit` fan-out slots for `host` (fleet.rollout), held
+        at most `hold_s` seconds; False if all are taken. True again for its holder."""
+
+    def release_fanout_slot(self, run_id: str, host: str) -> None:
+        """Give `host`'s fan-out slot back (nothing if it holds none)."""
+
+    def stage_env(self, run_id: str, values: Mapping[str, str], ttl_s: float) -> None:
+        """Keep the run's `--env` values (NAME -> value) for the workers, out of every
+        task message and of the run record, for `ttl_s` seconds (at most the retention)."""
+
+    def staged_env(self, run_id: str) -> dict[str, str] | None:
+        """The values `stage_env` kept for the run, or None (none, expired or dropped)."""
+
+    def drop_env(self, run_id: str) -> None:
+        """Forget the run's staged values (the run finished; nothing if there are none)."""
 
     def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
         """Take firing slot `slot` (epoch seconds) of `schedule`; False if another beat
@@ -151,6 +205,24 @@ class RunStore(Protocol):
 
     def beat_state(self, schedule: str) -> BeatState:
         """What beat knows of `schedule`: its last firing and skipped count."""
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        """Append `entry` to the audit log (`fleet.audit`): append-only, apart from runs,
+        kept for its own retention (``FLEET_AUDIT_RETENTION``)."""
+
+    def audit_entries(self, since: float | None = None, limit: int = 100) -> list[AuditEntry]:
+        """At most `limit` audit entries, newest first, from `since` (epoch seconds) on;
+        one that cannot be read is skipped with a warning naming it."""
+
+    def blob_put_chunk(self, run_id: str, name: str, index: int, data: bytes, ttl_s: int) -> None:
+        """Store chunk `index` (0, 1, ... in order) of the run's staged file `name`
+        (`fleet.staging`), kept `ttl_s` seconds at most; chunk 0 drops older chunks."""
+
+    def blob_chunk(self, run_id: str, name: str, index: int) -> bytes | None:
+        """Chunk `index` of the run's staged file `name`, or None (none, or expired)."""
+
+    def blob_delete(self, run_id: str) -> None:
+        """Delete every file staged for the run."""
 
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""

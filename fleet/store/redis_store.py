@@ -27,15 +27,21 @@ from fleet.errors import BackendError, ConfigError, RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DEFAULTS, redact_url
-from fleet.store import keys
+from fleet.store import codec, keys
 from fleet.store.protocol import (
     RUNNING,
     BeatState,
     beat_state_from,
     listed_run,
     not_found_message,
+    read_run,
     result_event,
+    stored_result,
 )
+from fleet.store.redis_audit import RedisAudit
+from fleet.store.redis_blobs import RedisBlobs
+from fleet.store.redis_env import RedisEnv
+from fleet.store.redis_fanout import RedisFanout
 from fleet.textsafe import exception_line
 
 CONNECT_TIMEOUT = 2.0
@@ -58,7 +64,7 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisRunStore:
+class RedisRunStore(RedisFanout, RedisAudit, RedisEnv, RedisBlobs):
     """Run records, claims, results, progress events and reports in Redis.
 
     `client` may be any `redis.Redis` (decoded responses or not). `from_url`
@@ -73,11 +79,13 @@ class RedisRunStore:
         retention: int = DEFAULTS.retention,
         url_for_messages: str | None = None,
         ping_client: redis.Redis | None = None,
+        audit_retention: int = DEFAULTS.audit_retention,
     ) -> None:
         self._client = client
         self._ping_client = ping_client or client
         self._prefix = prefix
         self._retention = int(retention)
+        self._audit_retention = int(audit_retention)
         self._url = redact_url(url_for_messages) if url_for_messages else _describe(client)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         # A blocking XREAD longer than the socket timeout would read as a dead server.
@@ -88,7 +96,12 @@ class RedisRunStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = DEFAULTS.prefix, retention: int = DEFAULTS.retention
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULTS.prefix,
+        retention: int = DEFAULTS.retention,
+        audit_retention: int = DEFAULTS.audit_retention,
     ) -> RedisRunStore:
         """A store on the Redis at `url`. Raises `ConfigError` if the URL is not a Redis URL.
 
@@ -115,6 +128,7 @@ class RedisRunStore:
             retention=retention,
             url_for_messages=url,
             ping_client=ping_client,
+            audit_retention=audit_retention,
         )
 
     @contextmanager
@@ -189,7 +203,7 @@ class RedisRunStore:
     def get_run(self, run_id: str) -> RunRecord:
         with self._guard():
             raw = self._client.hmget(self._key("run", run_id), ["record", "state", "finished_at"])
-        run = self._decode_run(raw)
+        run = read_run(run_id, functools.partial(self._decode_run, raw))
         if run is None:
             raise RunNotFoundError(not_found_message(run_id, self._retention))
         return run
@@ -251,14 +265,17 @@ class RedisRunStore:
                     self._key("results", run_id),
                     self._key("events", run_id),
                 ],
-                args=[self._retention, result.host, keys.dumps(result.to_dict()), *fields],
+                args=[self._retention, result.host, codec.result_json(result), *fields],
             )
         return event_id is not None
 
     def results(self, run_id: str) -> dict[str, HostResult]:
         with self._guard():
             raw = self._client.hgetall(self._key("results", run_id))
-        return {_text(h): HostResult.from_dict(json.loads(_text(v))) for h, v in raw.items()}
+        return {
+            _text(h): stored_result(run_id, _text(h), functools.partial(codec.result_from_json, v))
+            for h, v in raw.items()
+        }
 
     def add_event(self, run_id: str, event: Mapping[str, str]) -> str:
         if not event:
@@ -298,14 +315,16 @@ class RedisRunStore:
         with self._guard():
             self._client.set(
                 self._key("report", report.run.run_id),
-                keys.dumps(report.to_dict()),
+                codec.summary_json(report),
                 ex=self._retention,
             )
 
     def load_report(self, run_id: str) -> RunReport | None:
         with self._guard():
-            raw = self._client.get(self._key("report", run_id))
-        return RunReport.from_dict(json.loads(_text(raw))) if raw else None
+            final = self._client.exists(self._key("report", run_id))
+        if not final:
+            return None
+        return RunReport.assemble(self.get_run(run_id), list(self.results(run_id).values()))
 
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         index = self._key("runs") if host is None else self._key("host_runs", host=host)

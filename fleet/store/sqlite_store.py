@@ -24,6 +24,7 @@ from fleet.errors import BackendError, RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport
 from fleet.settings import DEFAULTS
+from fleet.store import codec
 from fleet.store.keys import dumps, epoch, hosts_from_json, hosts_json
 from fleet.store.protocol import (
     RUNNING,
@@ -31,8 +32,14 @@ from fleet.store.protocol import (
     beat_state_from,
     listed_run,
     not_found_message,
+    read_run,
     result_event,
+    stored_result,
 )
+from fleet.store.sqlite_audit import SqliteAudit
+from fleet.store.sqlite_blobs import SqliteBlobs
+from fleet.store.sqlite_env import SqliteEnv
+from fleet.store.sqlite_fanout import SqliteFanout
 
 PRIVATE_FILE_MODE = 0o600
 POLL_S = 0.05  # how often a blocked `events` looks for rows written by another process
@@ -88,12 +95,19 @@ CREATE TABLE IF NOT EXISTS beat (
 _RUN_TABLES = ("run_hosts", "claims", "results", "events")
 
 
-class SqliteRunStore:
+class SqliteRunStore(SqliteFanout, SqliteAudit, SqliteEnv, SqliteBlobs):
     """Run history in one SQLite file. Thread-safe."""
 
-    def __init__(self, path: str | Path, *, retention: int = DEFAULTS.retention) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention: int = DEFAULTS.retention,
+        audit_retention: int = DEFAULTS.audit_retention,
+    ) -> None:
         self._path = str(path)
         self._retention = int(retention)
+        self._audit_retention = int(audit_retention)  # fleet.store.sqlite_audit
         self._lock = threading.Lock()
         self._new_event = threading.Condition(self._lock)
         with self._guard():
@@ -193,9 +207,10 @@ class SqliteRunStore:
     def get_run(self, run_id: str) -> RunRecord:
         with self._guard(), self._lock:
             row = self._fetch_run(run_id)
-        if row is None:
+        run = None if row is None else read_run(run_id, lambda: self._decode_run(*row[:3]))
+        if run is None:
             raise RunNotFoundError(not_found_message(run_id, self._retention))
-        return self._decode_run(row[0], row[1], row[2])
+        return run
 
     def run_hosts(self, run_id: str) -> tuple[Host, ...]:
         with self._guard(), self._lock:
@@ -241,7 +256,7 @@ class SqliteRunStore:
         with self._guard(), self._lock, self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO results (run_id, host, data) VALUES (?, ?, ?)",
-                (run_id, result.host, dumps(result.to_dict())),
+                (run_id, result.host, codec.result_json(result)),
             )
             stored = cursor.rowcount == 1
             if stored:
@@ -256,7 +271,10 @@ class SqliteRunStore:
             rows = self._conn.execute(
                 "SELECT host, data FROM results WHERE run_id = ? ORDER BY rowid", (run_id,)
             ).fetchall()
-        return {host: HostResult.from_dict(json.loads(data)) for host, data in rows}
+        return {
+            host: stored_result(run_id, host, functools.partial(codec.result_from_json, data))
+            for host, data in rows
+        }
 
     def add_event(self, run_id: str, event: Mapping[str, str]) -> str:
         if not event:
@@ -294,7 +312,7 @@ class SqliteRunStore:
         with self._guard(), self._lock:
             self._conn.execute(
                 "UPDATE runs SET report = ? WHERE run_id = ?",
-                (dumps(report.to_dict()), report.run.run_id),
+                (codec.summary_json(report), report.run.run_id),
             )
 
     def load_report(self, run_id: str) -> RunReport | None:
@@ -305,7 +323,7 @@ class SqliteRunStore:
             ).fetchone()
         if row is None or row[0] is None:
             return None
-        return RunReport.from_dict(json.loads(row[0]))
+        return RunReport.assemble(self.get_run(run_id), list(self.results(run_id).values()))
 
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         if limit <= 0:

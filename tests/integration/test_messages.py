@@ -173,9 +173,9 @@ def test_worker_refuses_a_pickle_message(
     ledger: Ledger,
     tmp_path: Path,
 ) -> None:
+    from fleet.canvas import task_host
     from fleet.command import ExecOptions
     from fleet.results import RunRecord, utc_now
-    from fleet.runs import task_host
     from fleet.store.redis_store import RedisRunStore
 
     env = cluster_env(fresh_redis.url, ssh_fleet, tmp_path)

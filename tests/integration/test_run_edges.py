@@ -30,7 +30,7 @@ def test_cancel_and_a_replayed_message_never_relabel_a_host_that_ran(
     run_id = cli.run_json(["runs", "--limit", "1"])[1][0]["run_id"]
     assert cli.run(["cancel", run_id]).returncode == 0
     # A second delivery of a running host's message arrives after the cancel.
-    from fleet.runs import task_host
+    from fleet.canvas import task_host
     from fleet.settings import Settings
     from fleet.store import open_store
 

@@ -277,7 +277,7 @@ def test_duplicated_task_message_does_not_run_twice(
 
     handle = run(ledger.command("sleep 1"), "web", settings=Settings.load())
     # Replay every message of the run: same task, same arguments, a second delivery.
-    from fleet.runs import task_host
+    from fleet.canvas import task_host
     from fleet.store import open_store
 
     store = open_store(Settings.load())

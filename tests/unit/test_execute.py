@@ -15,13 +15,25 @@ from fleet.execute import execute
 from fleet.inventory.hosts import Host
 from fleet.results import Status
 from fleet.settings import Settings
+from fleet.stdin_env import stdin_bytes
 
 
 def test_options_round_trip_through_json() -> None:
-    options = ExecOptions(command_timeout=5, env={"FLEET_RUN_ID": "r1"}, become=True)
+    options = ExecOptions(command_timeout=5, env_from={"TOKEN": "DEPLOY_TOKEN"}, become=True)
     again = ExecOptions.from_dict(json.loads(json.dumps(options.to_dict())))
     assert again == options
-    assert again.to_dict()["env"] == {"FLEET_RUN_ID": "r1"}
+    assert again.to_dict()["env_from"] == {"TOKEN": "DEPLOY_TOKEN"}
+
+
+def test_env_values_never_leave_as_data() -> None:
+    # The task message and the run record carry the names only (fleet.runenv stages
+    # the values in the run store).
+    options = ExecOptions(env={"SECRET": "s3cr3t-VALUE"}, env_from={"T": "W"})
+    for data in (options.to_dict(), options.to_message()):
+        assert data["env"] == {"SECRET": "***"} and data["env_from"] == {"T": "W"}
+        assert "s3cr3t" not in json.dumps(data)
+    with pytest.raises(ConfigError):
+        ExecOptions(env_from={"T": "not a name"})
 
 
 def test_options_from_settings_and_overrides() -> None:
@@ -42,12 +54,19 @@ def test_bad_env_names_rejected(name: str) -> None:
         build_invocation(Host(name="h", address="h", env={name: "v"}), "true", ExecOptions())
 
 
-def test_env_is_quoted_inline() -> None:
+def test_env_values_go_over_stdin_not_argv() -> None:
     host = Host(name="h", address="h", env={"A": "x'y $(id)"})
-    inv = build_invocation(host, "echo $A", ExecOptions(env={"B": "2"}))
-    out = subprocess.run(list(inv.argv), capture_output=True, text=True, check=True).stdout
-    assert out == "x'y $(id)\n"
-    assert "B=2" in inv.argv[-1] and not inv.become
+    options = ExecOptions(env={"B": "s3cr3t-VALUE", "FLEET_RUN_ID": "r1"})
+    inv = build_invocation(host, 'echo "$A|$B|$FLEET_RUN_ID"; cat', options)
+    assert "s3cr3t" not in " ".join(inv.argv) and "x'y" not in " ".join(inv.argv)
+    assert "s3cr3t" not in repr(inv)
+    assert "FLEET_RUN_ID=r1" in inv.argv[-1]  # fleet's own, not secret: inline
+    data = stdin_bytes(inv.env_payload, None)
+    out = subprocess.run(list(inv.argv), input=data, capture_output=True, check=True).stdout
+    assert out == b"x'y $(id)|s3cr3t-VALUE|r1\n"  # and cat saw /dev/null
+    assert not inv.become
+    plain = build_invocation(Host(name="h", address="h"), "true", ExecOptions())
+    assert plain.env_payload == b"" and stdin_bytes(plain.env_payload, None) is None
 
 
 def test_become_wraps_with_sudo_n() -> None:

@@ -39,6 +39,8 @@ RESULT_KEYS = [
     "error",
     "worker",
     "connection_reused",
+    "transfer",
+    "batch",
 ]
 TOP_KEYS = [
     "run_id",
@@ -49,6 +51,9 @@ TOP_KEYS = [
     "finished_at",
     "counts",
     "hosts_total",
+    "batches",
+    "max_fail",
+    "fanout",
     "results",
 ]
 

@@ -66,10 +66,19 @@ def test_one_runs_bad_data_does_not_stop_the_sweep(
     store.save_result("tampered", HostResult(host="web01", status=Status.OK, exit_code=0))
     with store._conn:  # a result that is no longer a result (written by someone else)
         store._conn.execute("UPDATE results SET data = '{\"status\": 7}' WHERE run_id = 'tampered'")
-    with caplog.at_level(logging.WARNING, logger="fleet.watchdog"):
-        assert finalize_overdue(store) == ["good"]
+    with caplog.at_level(logging.WARNING):
+        # The unreadable result stands as an `error` for its host; the run finishes too.
+        assert sorted(finalize_overdue(store)) == ["good", "tampered"]
     assert any("tampered" in r.getMessage() for r in caplog.records)
     assert store.get_run("good").state == "finished"
+    assert store.results("tampered")["web01"].status is Status.ERROR
+    # A record that cannot be decoded at all is skipped, and the sweep goes on.
+    make_run(store, "later", -1)
+    with store._conn:
+        store._conn.execute("UPDATE runs SET hosts = '[{' WHERE run_id = 'later'")
+    with caplog.at_level(logging.WARNING):
+        assert finalize_overdue(store) == []
+    assert any("later" in r.getMessage() for r in caplog.records)
 
 
 def test_an_unreadable_record_is_skipped_with_a_warning_naming_it(
