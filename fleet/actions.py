@@ -26,7 +26,8 @@ COPY = "copy"
 FETCH = "fetch"
 KINDS = (SCRIPT, COPY, FETCH)
 
-#: Default mode of a copied file (``fleet copy --mode``).
+#: Mode of a copied file new on the host without ``fleet copy --mode`` (an existing
+#: file keeps its own mode and owner, as ``cp`` onto an existing file does).
 DEFAULT_MODE = 0o644
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _BLOB_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
@@ -79,7 +80,7 @@ class Action:
     interpreter: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     dest: str = ""
-    mode: int = DEFAULT_MODE
+    mode: int | None = None  # None: an existing DEST's mode (and owner), else DEFAULT_MODE
     remote: str = ""
 
     def __post_init__(self) -> None:
@@ -117,8 +118,8 @@ class Action:
             )
         if kind == COPY:
             mode = data.get("mode")
-            if not isinstance(mode, int) or isinstance(mode, bool):
-                raise UsageError(f"action.mode: expected an integer, got {mode!r}")
+            if mode is not None and (not isinstance(mode, int) or isinstance(mode, bool)):
+                raise UsageError(f"action.mode: expected an integer or null, got {mode!r}")
             return cls(COPY, file, name=_text(data, "name"), dest=_text(data, "dest"), mode=mode)
         return cls(FETCH, remote=_text(data, "remote"))
 
@@ -128,7 +129,8 @@ class Action:
             tail = f" -- {shlex.join(self.args)}" if self.args else ""
             return f"script {self.name}{tail}"
         if self.kind == COPY:
-            return f"copy {self.name} {self.dest} (mode {self.mode:04o})"
+            mode = "kept" if self.mode is None else f"{self.mode:04o}"
+            return f"copy {self.name} {self.dest} (mode {mode})"
         return f"fetch {self.remote}"
 
 
@@ -155,7 +157,7 @@ def check_action(action: Action) -> None:
                 raise UsageError("action.args: an argument holds a NUL character")
     if action.kind == COPY:
         _check_text("dest", action.dest)
-        if not 0 <= action.mode <= 0o7777:
+        if action.mode is not None and not 0 <= action.mode <= 0o7777:
             raise UsageError(f"action.mode: expected 0000-7777 (octal), got {action.mode:o}")
     if action.kind == FETCH:
         _check_text("remote", action.remote)

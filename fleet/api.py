@@ -20,6 +20,7 @@ from fleet.command import ExecOptions
 from fleet.inventory.loader import load_inventory
 from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
 from fleet.results import RunReport
+from fleet.rollout import Rollout, parse_size
 from fleet.session import RunSession
 from fleet.settings import Settings
 
@@ -69,9 +70,20 @@ def run(
     accept_new_host_keys: bool | None = None,
     sudo: bool = False,
     env: Mapping[str, str] | None = None,
+    env_from: Mapping[str, str] | None = None,
+    batch: int | str | None = None,
+    max_fail: int | str | None = None,
+    fanout: int | None = None,
     settings: Settings | None = None,
 ) -> RunHandle:
-    """Submit `command` on the hosts `pattern` selects; return a handle to wait on."""
+    """Submit `command` on the hosts `pattern` selects; return a handle to wait on.
+
+    `timeout`, `connect_timeout`, `deadline`: seconds. `env`: plain values (not stored,
+    not in any argv); `env_from`: NAME -> a variable of each worker's environment that
+    it declares in FLEET_SECRET_ENV. `batch`/`max_fail`: a host count or ``"N%"``, as
+    ``--batch``/``--max-fail`` (`fleet.rollout`); `fanout`: hosts in flight at most.
+    Raises `FleetError` (`UsageError`, `InventoryError`, `BackendError`, ...).
+    """
     settings = settings or Settings.load(
         inventory=str(inventory) if inventory is not None else None,
         command_timeout=timeout,
@@ -83,14 +95,23 @@ def run(
         pattern
     )
     options = ExecOptions.from_settings(
-        settings, become=True if sudo else None, env=dict(env or {})
+        settings,
+        become=True if sudo else None,
+        env=dict(env or {}),
+        env_from=dict(env_from or {}),
+    )
+    rollout = Rollout(
+        batch=None if batch is None else parse_size(str(batch), "batch"),
+        max_fail=None if max_fail is None else parse_size(str(max_fail), "max_fail"),
+        fanout=fanout,
     )
     given = {"command_timeout"} if timeout is not None else set()
     given |= {"connect_timeout"} if connect_timeout is not None else set()
     options = fit_timeouts(options, settings.deadline, chosen_timeouts(settings, given))
     session = RunSession(settings).__enter__()
     try:
-        record = session.submit(RunRequest(command, pattern, hosts, options, settings.deadline))
+        request = RunRequest(command, pattern, hosts, options, settings.deadline, rollout=rollout)
+        record = session.submit(request)
     except BaseException:
         session.close()
         raise

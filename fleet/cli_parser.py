@@ -261,7 +261,11 @@ def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser, handlers: An
     copy.add_argument("src", type=Path, help="the local file")
     copy.add_argument("dest", help="remote path, or an existing remote directory")
     copy.add_argument(
-        "--mode", type=_mode, default=None, help="octal mode of the file (default 0644)"
+        "--mode",
+        type=_mode,
+        default=None,
+        help="octal mode of the file (default: an existing file keeps its mode and owner; "
+        "a new one gets 0644)",
     )
     add_run_options(copy)
     copy.set_defaults(handler=handlers["cmd_copy"])

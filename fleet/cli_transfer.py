@@ -22,7 +22,6 @@ from typing import Any
 
 from fleet.actions import (
     COPY,
-    DEFAULT_MODE,
     FETCH,
     SCRIPT,
     Action,
@@ -130,9 +129,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     size, digest = _check_source(args.src, limit, what="copy", allow_empty=True)
     from fleet.staging import SOURCE
 
-    mode = DEFAULT_MODE if args.mode is None else args.mode
     action = Action(
-        COPY, Staged(SOURCE, size, digest), name=args.src.name, dest=args.dest, mode=mode
+        COPY, Staged(SOURCE, size, digest), name=args.src.name, dest=args.dest, mode=args.mode
     )
     settings, request = run_request(args, action.describe())
     request = replace(request, action=action)

@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fleet.actions import COPY, FETCH, SCRIPT, Action
+from fleet.actions import COPY, DEFAULT_MODE, FETCH, SCRIPT, Action
 from fleet.command import ExecOptions
 from fleet.errors import FleetError
 from fleet.execute import execute, get_file, put_file
@@ -127,20 +127,33 @@ def run_script(host: Host, action: Action, source: Path, options: ExecOptions) -
     return _with_cleanup_note(replace(result, transfer=transfer), note)
 
 
-def place_command(source: str, dest: str, name: str, mode: int, sha256: str) -> str:
+def place_command(source: str, dest: str, name: str, mode: int | None, sha256: str) -> str:
     """The shell step of a copy: `source` (on the host) to DEST, verified, atomically.
-    Prints the final path on success; says why on stderr and exits 1 otherwise."""
+    Prints the final path on success; says why on stderr and exits 1 otherwise.
+
+    `mode` None: a DEST that exists keeps its mode and owner (``cp -p`` of it onto the
+    temporary file first, POSIX), a new one gets `DEFAULT_MODE`.
+    """
     q = shlex.quote
+    if mode is None:
+        # cp -p keeps the owner and group (as root); the mode is read with stat (GNU,
+        # then BSD) and set after the content is written, which needs owner write.
+        keep = (
+            'if [ -f "$t" ]; then m=$(stat -c %a -- "$t" 2>/dev/null || stat -f %Lp -- "$t") '
+            '&& cp -p -- "$t" "$tmp" && chmod u+w "$tmp" || exit 1; '
+            f"else m={DEFAULT_MODE:04o}; fi; "
+        )
+    else:
+        keep = f"m={mode:04o}; "
     return (
         f"src={q(source)}; t={q(dest)}; "
         f'if [ -d "$t" ]; then t="${{t%/}}"/{q(name)}; fi; '
         'tmp=$(mktemp "$(dirname -- "$t")/.fleet-XXXXXXXXXX") || exit 1; '
-        "trap 'rm -f -- \"$tmp\"' EXIT; "
-        'cat -- "$src" > "$tmp" || exit 1; '
+        "trap 'rm -f -- \"$tmp\"' EXIT; " + keep + 'cat -- "$src" > "$tmp" || exit 1; '
         f'sum=$( ({_SHA256}) < "$tmp" | cut -c1-64); '
         f'if [ "$sum" != {q(sha256)} ]; then '
         'echo "sha256 of what landed ($sum) differs from the source" >&2; exit 1; fi; '
-        f'chmod {mode:04o} "$tmp" || exit 1; '
+        'chmod "$m" "$tmp" || exit 1; '
         'mv -f -- "$tmp" "$t" || exit 1; '
         'printf "%s\\n" "$t"'
     )

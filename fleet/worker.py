@@ -80,14 +80,18 @@ def execute_allowed(host: Host, command: str, options: ExecOptions) -> HostResul
     """`fleet.execute.execute`, for the hosts this worker allows; a refused host gets
     its reason as an `error` result and is never contacted (`fleet.trust.refusal`,
     `fleet.runenv.env_from_refusal`); `env_from` references are resolved here."""
+    allowed = _allowed(host, options)
+    return allowed if isinstance(allowed, HostResult) else execute(host, command, allowed)
+
+
+def _allowed(host: Host, options: ExecOptions) -> ExecOptions | HostResult:
+    """`options` with `env_from` resolved, or the refusal of a host this worker does not
+    allow (`fleet.trust.refusal`, `fleet.runenv.env_from_refusal`)."""
     settings = worker_settings()
     reason = refusal(host, settings) or env_from_refusal(host, options, settings)
     if reason is not None:
         return refused_result(host, reason)
-    resolved = resolve_env_from(host, options, os.environ)
-    if isinstance(resolved, HostResult):
-        return resolved
-    return execute(host, command, resolved)
+    return resolve_env_from(host, options, os.environ)
 
 
 def action_executor(run_id: str, message: Any) -> Callable[[Host, str, ExecOptions], HostResult]:
@@ -98,15 +102,15 @@ def action_executor(run_id: str, message: Any) -> Callable[[Host, str, ExecOptio
     from fleet.transfer import run_action
 
     def run(host: Host, _command: str, options: ExecOptions) -> HostResult:
-        reason = refusal(host, worker_settings())
-        if reason is not None:
-            return refused_result(host, reason)
+        allowed = _allowed(host, options)
+        if isinstance(allowed, HostResult):
+            return allowed
         try:
             action = Action.from_message(message)
         except FleetError as exc:
             return refused_result(host, f"malformed action in the task message: {exc}")
         limit = worker_settings().transfer_limit
-        return run_action(worker_store(), run_id, host, action, options, limit)
+        return run_action(worker_store(), run_id, host, action, allowed, limit)
 
     return run
 

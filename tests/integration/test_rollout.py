@@ -180,3 +180,34 @@ def test_redis_fanout_slots_free_themselves_and_expire(fresh_redis: RedisServer)
     client = redis.Redis.from_url(fresh_redis.url)
     assert client.ttl("fleet:run:r1:fanout") > 0
     store.close()
+
+
+API_SCRIPT = """
+import json, sys
+import fleet
+handle = fleet.run("test $FLEET_HOST != l2", "loc", inventory=sys.argv[1], batch="50%",
+                   max_fail=1, fanout=1)
+report = handle.wait(timeout=60)
+print(json.dumps({r.host: r.status.value for r in report.results}))
+"""
+
+
+def test_python_api_rolls_out_too(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.fleetcli import REPO
+
+    hosts = {f"l{i}": {"connection": "local"} for i in range(1, 5)}
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({"groups": {"loc": {"hosts": hosts}}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FLEET_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", API_SCRIPT, str(inventory)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "l1": "ok", "l2": "failed", "l3": "skipped", "l4": "skipped"
+    }  # fmt: skip

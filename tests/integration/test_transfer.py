@@ -127,6 +127,11 @@ def test_copy_5mib_to_10_hosts_atomic_verified_with_mode(
     assert set(seen) <= {old, new}, "a reader saw a partial file"
     assert sum(seen.values()) > 1
     assert [p.name for p in dest_dir.iterdir()] == ["app.bin"]  # no temporary left
+    # The staged file is gone from Redis once the run is over (and had a TTL before).
+    import redis
+
+    client = redis.Redis.from_url(fresh_redis.url)
+    assert [k for k in client.scan_iter("*") if b":blob" in k] == []
 
 
 def _sudo_usable() -> bool:
@@ -256,3 +261,30 @@ def test_script_copy_fetch_on_local_hosts_embedded(tmp_path: Path) -> None:
 
     conn = sqlite3.connect(tmp_path / "home" / "history.sqlite3")
     assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone() == (0,)
+
+
+def test_copy_keeps_an_existing_files_mode_and_rolls_out_in_batches(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    hosts = {f"l{i}": {"connection": "local"} for i in range(1, 4)}
+    inventory.write_text(yaml.safe_dump({"groups": {"local": {"hosts": hosts}}}))
+    cli = FleetCLI(inventory, {"FLEET_HOME": str(tmp_path / "home")})
+    source = tmp_path / "conf"
+    source.write_text("new\n")
+    secret = tmp_path / "secret.conf"
+    secret.write_text("old\n")
+    secret.chmod(0o600)
+    fresh = tmp_path / "fresh.conf"
+    # Without --mode, an existing file keeps its mode (cp's rule): a 0600 file must not
+    # become world-readable because it was updated; a new file gets 0644.
+    for dest, mode in ((secret, 0o600), (fresh, 0o644)):
+        rc, doc = cli.run_json(["copy", str(source), str(dest), "-g", "l1"])
+        assert rc == 0, doc
+        assert dest.read_text() == "new\n" and dest.stat().st_mode & 0o777 == mode
+    # A read-only file is replaced too (its mode is set after the content is written).
+    secret.chmod(0o400)
+    source.write_text("newer\n")
+    rc, doc = cli.run_json(["copy", str(source), str(secret), "-g", "local", "--batch", "1"])
+    assert rc == 0, doc
+    assert doc["batches"] == 3 and [r["batch"] for r in doc["results"]] == [1, 2, 3]
+    assert secret.read_text() == "newer\n" and secret.stat().st_mode & 0o777 == 0o400
+    assert all(r["transfer"]["bytes"] == 6 for r in doc["results"])
