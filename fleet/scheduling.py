@@ -83,6 +83,7 @@ def request_for(schedule: Schedule, inventory: Inventory, settings: Settings) ->
         options,
         deadline_s=schedule.deadline,
         schedule=schedule.name,
+        rollout=schedule.rollout,
     )
 
 

@@ -62,6 +62,11 @@ class Host:
     env_from: Mapping[str, str] = field(default_factory=dict, hash=False, compare=True)
     vars: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
     groups: tuple[str, ...] = ()
+    # The KNOWN_HOST_VARS the inventory set (defaults, group vars or the host's own),
+    # which win over ~/.ssh/config even when equal to the default (`port: 22`, an
+    # `address` equal to the name). None: not known (a Host built in code or by an
+    # older submitter): see `is_explicit`.
+    explicit: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", _frozen_mapping(self.env))
@@ -71,6 +76,20 @@ class Host:
     @property
     def is_local(self) -> bool:
         return self.connection == "local"
+
+    def is_explicit(self, var: str) -> bool:
+        """Whether the inventory set host variable `var` (so it wins over ssh config).
+
+        Without `explicit`, a value differing from the default counts as set: an
+        address other than the name, a port other than 22, any user, key or jump.
+        """
+        if self.explicit is not None:
+            return var in self.explicit
+        if var == "address":
+            return self.address != self.name
+        if var == "port":
+            return self.port != DEFAULT_PORT
+        return getattr(self, var, None) is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +109,7 @@ class Host:
             "env_from": dict(self.env_from),
             "vars": dict(self.vars),
             "groups": list(self.groups),
+            "explicit": None if self.explicit is None else sorted(self.explicit),
         }
 
     @classmethod
@@ -111,4 +131,12 @@ class Host:
             env_from=data.get("env_from") or {},
             vars=data.get("vars") or {},
             groups=tuple(data.get("groups") or ()),
+            explicit=_names(data.get("explicit")),
         )
+
+
+def _names(value: Any) -> frozenset[str] | None:
+    """A message's `explicit` list; anything else (absent, malformed) is not known."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    return None

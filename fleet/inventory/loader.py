@@ -269,4 +269,13 @@ def _make_host(name: str, values: dict[str, Any], groups: tuple[str, ...]) -> Ho
     free = {k: v for k, v in values.items() if k not in KNOWN_HOST_VARS}
     address = known.pop("address", name)
     port = known.pop("port", DEFAULT_PORT)
-    return Host(name=name, address=address, port=port, vars=free, groups=groups, **known)
+    explicit = frozenset(values) & KNOWN_HOST_VARS  # these win over ~/.ssh/config
+    return Host(
+        name=name,
+        address=address,
+        port=port,
+        vars=free,
+        groups=groups,
+        explicit=explicit,
+        **known,
+    )

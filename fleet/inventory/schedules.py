@@ -5,7 +5,8 @@ Each schedule names a `command`, a `group` (a pattern, resolved when it fires), 
 fields as crontab(5) writes them: minute hour day-of-month month day-of-week, read by
 Celery's ``crontab`` in the app's ``timezone``, UTC unless a site sets it), and the run
 options a user sets on ``fleet run``: `timeout`, `connect_timeout`, `deadline`, `sudo`
-(or `become`), `sudo_user`, `env`; and `overlap`: ``skip`` (default: a firing while the
+(or `become`), `sudo_user`, `env`, `batch`, `max_fail`, `fanout`, `batch_order`; and
+`overlap`: ``skip`` (default: a firing while the
 schedule's previous run still runs is skipped) or ``allow``.
 
 Only the structure is checked here (no Celery import); `fleet.beat` checks a `cron`
@@ -19,13 +20,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from fleet.errors import UsageError
 from fleet.inventory.noderange import name_problem
 from fleet.inventory.values import VAR_CHECKS, seconds
+from fleet.rollout import BATCH_ORDERS, NO_ROLLOUT, Rollout, Size, parse_size
 from fleet.textsafe import show_value
 
 SCHEDULE_KEYS = (
-    "become", "command", "connect_timeout", "cron", "deadline", "env", "every", "group",
-    "overlap", "sudo", "sudo_user", "timeout",
+    "batch", "batch_order", "become", "command", "connect_timeout", "cron", "deadline", "env",
+    "every", "fanout", "group", "max_fail", "overlap", "sudo", "sudo_user", "timeout",
 )  # fmt: skip
 OVERLAP_POLICIES = ("skip", "allow")
 
@@ -46,6 +49,7 @@ class Schedule:
     sudo_user: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     overlap: str = "skip"
+    rollout: Rollout = NO_ROLLOUT  # batch, max_fail, fanout, batch_order (fleet.rollout)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
@@ -62,7 +66,14 @@ class Schedule:
             "connect_timeout": self.connect_timeout, "deadline": self.deadline,
             "sudo": self.sudo, "sudo_user": self.sudo_user, "env": dict(self.env),
             "overlap": self.overlap,
+            "batch": _size_text(self.rollout.batch),
+            "max_fail": _size_text(self.rollout.max_fail),
+            "fanout": self.rollout.fanout, "batch_order": self.rollout.order,
         }  # fmt: skip
+
+
+def _size_text(size: Size | None) -> str | None:
+    return None if size is None else str(size)
 
 
 def check_schedule(
@@ -120,6 +131,7 @@ def _check_body(
     overlap = body.get("overlap", "skip")
     if overlap not in OVERLAP_POLICIES:
         problem(f"{path}.overlap", f"expected skip or allow, got {show_value(overlap)}")
+    rollout = _rollout(body, path, problem)
     return Schedule(
         name=name,
         command=str(body.get("command", "")),
@@ -133,7 +145,39 @@ def _check_body(
         sudo_user=body.get("sudo_user") if isinstance(body.get("sudo_user"), str) else None,
         env=body["env"] if isinstance(body.get("env"), dict) else {},
         overlap=str(overlap),
+        rollout=rollout,
     )
+
+
+def _rollout(body: dict[Any, Any], path: str, problem: Callable[[str, str], None]) -> Rollout:
+    """`batch`, `max_fail` (N or "N%"), `fanout` (N), `batch_order`, as on ``fleet run``."""
+    values: dict[str, Any] = {}
+    for key in ("batch", "max_fail"):
+        if body.get(key) is None:
+            continue
+        raw = body[key]
+        try:
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise UsageError(f"{key} {raw!r}")
+            values[key] = parse_size(str(raw), key)
+        except UsageError:
+            problem(f"{path}.{key}", f"expected a host count or a percentage (N or 'N%'), "
+                    f"at least 1, got {show_value(raw)}")  # fmt: skip
+    fanout = body.get("fanout")
+    if fanout is not None:
+        if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 1:
+            problem(f"{path}.fanout", f"expected a whole number >= 1, got {show_value(fanout)}")
+        else:
+            values["fanout"] = fanout
+    order = body.get("batch_order", "inventory")
+    if order not in BATCH_ORDERS:
+        problem(f"{path}.batch_order", f"expected inventory or random, got {show_value(order)}")
+    else:
+        values["order"] = order
+    if "max_fail" in values and "batch" not in values:
+        problem(f"{path}.max_fail", "needs batch: the budget is checked between batches")
+        values.pop("max_fail")
+    return Rollout(**values)
 
 
 def _when(

@@ -23,6 +23,7 @@ from fleet.results import Status
 from fleet.ssh.banner import BannerWatch, banner_failure
 from fleet.ssh.errors import ConnectFailure
 from fleet.ssh.hostkeys import HostKeyPolicy, host_key_name
+from fleet.ssh.proxycommand import ProxySocket, open_proxy
 from fleet.ssh.sshconfig import Target
 from fleet.textsafe import make_visible_line
 
@@ -156,6 +157,8 @@ class Connector:
         self._environ = os.environ if environ is None else environ
 
     def open_socket(self, target: Target, options: ExecOptions) -> Any:
+        if target.proxy_command:  # ssh_config ProxyCommand: its stdin/stdout
+            return open_proxy(target.proxy_command)
         try:
             return self._socket_factory(target.address, target.port, options.connect_timeout)
         except OSError as exc:
@@ -176,9 +179,11 @@ class Connector:
             self._handshake(transport, target, options, watch)
             self._authenticate(transport, target, options)
             _poll_idle_slowly(transport)
-        except BaseException:
+        except BaseException as exc:
             transport.close()
             sock.close()
+            if isinstance(exc, ConnectFailure) and isinstance(sock, ProxySocket):
+                raise sock.explain(exc) from None
             raise
         return transport
 
@@ -258,7 +263,7 @@ class Connector:
             key = _load_key(path, notes)
             if key is not None and attempt(f"key {path}", _pk(transport, target.user, key)):
                 return
-        source = self._agent()
+        source = None if target.identities_only else self._agent()  # IdentitiesOnly
         connection: AgentConnection | None = None
         offered: Sequence[paramiko.PKey] = ()
         if isinstance(source, Sequence):

@@ -33,6 +33,7 @@ from fleet.results import Status
 from fleet.settings import DEFAULTS
 from fleet.ssh.connect import Connector
 from fleet.ssh.errors import ConnectFailure, SessionRefused
+from fleet.ssh.handshakes import HandshakeLimiter, handshake_slot
 from fleet.ssh.hostkeys import HostKeyPolicy
 from fleet.ssh.sshconfig import Target
 
@@ -79,8 +80,12 @@ class ConnectionPool:
         max_size: int = DEFAULTS.pool_size,
         idle_ttl: float = DEFAULTS.pool_idle_ttl,
         clock: Callable[[], float] = time.monotonic,
+        limiter: HandshakeLimiter | None = None,
     ) -> None:
         self.connector = connector or Connector()
+        # Handshakes in progress per sshd, shared by the workers (fleet.ssh.handshakes);
+        # None: no limit.
+        self.limiter = limiter
         self.max_size = max_size
         self.idle_ttl = idle_ttl
         self._clock = clock
@@ -290,10 +295,27 @@ class ConnectionPool:
 
     def _open(self, target: Target, options: ExecOptions) -> Any:
         if target.jump is None:
-            sock = self.connector.open_socket(target, options)
-            return self.connector.connect(target, sock, options)
-        channel = self._open_through_jump(target, options)
-        return self.connector.connect(target, channel, options)
+            with handshake_slot(self.limiter, target, options):
+                sock = self.connector.open_socket(target, options)
+                return self.connector.connect(target, sock, options)
+        # With a limit, the jump host is connected first (its handshake takes and frees
+        # its own slot): no slot is held while waiting for another, so chains that cross
+        # (a via b, b via a) cannot wait on each other. A failure is remembered by the
+        # pool and worded by `_open_through_jump`.
+        ready = self._warm_jump(target.jump, options) if self.limiter is not None else None
+        try:
+            with handshake_slot(self.limiter, target, options):
+                channel = self._open_through_jump(target, options)
+                return self.connector.connect(target, channel, options)
+        finally:
+            if ready is not None:
+                self.release(ready)
+
+    def _warm_jump(self, jump: Target, options: ExecOptions) -> Lease | None:
+        try:
+            return self.acquire(jump, options)
+        except ConnectFailure:
+            return None
 
     def _open_through_jump(self, target: Target, options: ExecOptions) -> Any:
         assert target.jump is not None

@@ -39,6 +39,9 @@ import yaml
 from tests.harness import procs
 
 MAX_ADDRESSES_PER_SSHD = 16
+#: Test hosts take any number of handshakes at once; `max_startups=None` keeps sshd's
+#: stock ``MaxStartups 10:30:100`` (sshd_config(5)), e.g. for a jump host under load.
+RAISED_MAX_STARTUPS = "1000:30:1000"
 
 
 class SSHDStartError(RuntimeError):
@@ -110,7 +113,12 @@ class SSHDProcess:
     """One `sshd -D` serving `hosts` (same key for all of them)."""
 
     def __init__(
-        self, directory: Path, hosts: Sequence[SSHHost], authorized_keys: Path, home: Path
+        self,
+        directory: Path,
+        hosts: Sequence[SSHHost],
+        authorized_keys: Path,
+        home: Path,
+        max_startups: str | None = RAISED_MAX_STARTUPS,
     ) -> None:
         if not 0 < len(hosts) <= MAX_ADDRESSES_PER_SSHD:
             raise ValueError(f"one sshd serves 1 to {MAX_ADDRESSES_PER_SSHD} addresses")
@@ -122,6 +130,7 @@ class SSHDProcess:
         self.log_path = directory / "sshd.log"
         self._authorized_keys = authorized_keys
         self._home = home
+        self._max_startups = max_startups
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -130,6 +139,9 @@ class SSHDProcess:
 
     def _config(self) -> str:
         listen = "".join(f"ListenAddress {h.address}:{h.port}\n" for h in self.hosts)
+        # None: no MaxStartups line, so sshd keeps its stock 10:30:100 (a real bastion's).
+        if self._max_startups is not None:
+            listen += f"MaxStartups {self._max_startups}\n"
         return listen + "\n".join(
             [
                 f"HostKey {self.hosts[0].host_key_path}",
@@ -143,7 +155,6 @@ class SSHDProcess:
                 "PubkeyAuthentication yes",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
-                "MaxStartups 1000:30:1000",
                 "MaxSessions 100",
                 "MaxAuthTries 10",
                 "LoginGraceTime 30",
@@ -198,7 +209,8 @@ class SSHFleet:
     """`count` sshd hosts under `directory`, with their client key and known_hosts.
 
     `first` offsets host indexes (h02 is index 0) so that several fleets can coexist;
-    `own_key` names hosts that get a host key (and an sshd process) of their own.
+    `own_key` names hosts that get a host key (and an sshd process) of their own;
+    `max_startups` is every process's ``MaxStartups`` (None: sshd's stock 10:30:100).
     """
 
     def __init__(
@@ -208,7 +220,9 @@ class SSHFleet:
         first: int = 0,
         own_key: Iterable[str] = (),
         per_process: int = MAX_ADDRESSES_PER_SSHD,
+        max_startups: str | None = RAISED_MAX_STARTUPS,
     ) -> None:
+        self.max_startups = max_startups
         self.dir = Path(directory or tempfile.mkdtemp(prefix="fleet-sshd-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -236,7 +250,11 @@ class SSHFleet:
     def _new_process(self, hosts: Sequence[SSHHost]) -> SSHDProcess:
         self._spawned += 1
         process = SSHDProcess(
-            self.dir / f"sshd{self._spawned:03d}", hosts, self.authorized_keys, self.home
+            self.dir / f"sshd{self._spawned:03d}",
+            hosts,
+            self.authorized_keys,
+            self.home,
+            self.max_startups,
         )
         for host in hosts:
             self._serving[host.name] = process

@@ -264,6 +264,7 @@ schedules:
         "name": "a", "command": "uptime", "group": "web", "every": 30, "cron": None,
         "timeout": None, "connect_timeout": None, "deadline": None, "sudo": False,
         "sudo_user": None, "env": {}, "overlap": "skip",
+        "batch": None, "max_fail": None, "fanout": None, "batch_order": "inventory",
     }  # fmt: skip
     assert s["a"].when == "every 30s"
 
@@ -314,7 +315,7 @@ schedules:
         ("{command: x, group: web, every: 1m, sudo: yes please}", "schedules.s.sudo: expected"),
         ("{command: x, group: web, every: 1m, env: {1A: x}}", "schedules.s.env: "),
         ("{command: x, group: web, every: 1m, sudo: true, become: false}", "schedules.s: sudo"),
-        ("[uptime]", "schedules.s: expected a mapping with keys become, command"),
+        ("[uptime]", "schedules.s: expected a mapping with keys batch, batch_order, become, command"),
         ("{command: x, group: wbe, every: 1m}", "schedules.s.group: pattern 'wbe' matches no"),
         ("{command: x, group: 'web:&web2', every: 1m}", "schedules.s.group: pattern 'web2'"),
     ],
@@ -403,8 +404,9 @@ schedules:
     assert problems(text) == [
         "defualts: unknown key 'defualts' (allowed: defaults, groups, schedules)",
         "groups.web.host: unknown key 'host' (allowed: children, hosts, queue, vars)",
-        "schedules.s.evry: unknown key 'evry' (allowed: become, command, connect_timeout, "
-        "cron, deadline, env, every, group, overlap, sudo, sudo_user, timeout)",
+        "schedules.s.evry: unknown key 'evry' (allowed: batch, batch_order, become, command, "
+        "connect_timeout, cron, deadline, env, every, fanout, group, max_fail, overlap, sudo, "
+        "sudo_user, timeout)",
     ]
 
 

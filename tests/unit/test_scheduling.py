@@ -179,3 +179,46 @@ def test_a_cron_that_celery_cannot_read_names_its_key() -> None:
     with pytest.raises(InventoryError) as err:
         check_schedules(inventory)
     assert err.value.render().startswith("inventory.yaml: schedules.bad.cron: not a valid cron")
+
+
+def test_a_schedule_rolls_out_like_fleet_run(store: SqliteRunStore) -> None:
+    from fleet.rollout import Rollout, Size
+
+    inventory = parse_inventory(
+        """
+groups:
+  web: {hosts: {web01: {}, web02: {}, web03: {}}}
+schedules:
+  restart: {command: systemctl restart app, group: web, every: 1h, batch: "50%",
+            max_fail: 1, fanout: 2, batch_order: random}
+""",
+        "inventory.yaml",
+    )
+    item = inventory.schedules["restart"]
+    assert item.rollout == Rollout(Size(50, True), Size(1), 2, "random")
+    assert item.to_dict()["batch"] == "50%" and item.to_dict()["max_fail"] == "1"
+    submit = FakeSubmit(store)
+    fire(item, 1_800_000_001, store=store, inventory=inventory, settings=SETTINGS, submit=submit)
+    assert submit.requests[0].rollout == item.rollout
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "said"),
+    [
+        ("batch: 0", "schedules.s.batch", "at least 1"),
+        ("batch: 150%", "schedules.s.batch", "percentage"),
+        ("batch: true", "schedules.s.batch", "host count"),
+        ("max_fail: 2", "schedules.s.max_fail", "needs batch"),
+        ("fanout: -1", "schedules.s.fanout", "whole number"),
+        ("batch: 2, batch_order: sorted", "schedules.s.batch_order", "inventory or random"),
+    ],
+)
+def test_bad_rollout_values_in_a_schedule_name_their_key(extra: str, where: str, said: str) -> None:
+    text = (
+        "groups: {web: {hosts: {web01: {}}}}\n"
+        f"schedules: {{s: {{command: x, group: web, every: 1m, {extra}}}}}\n"
+    )
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(text, "inventory.yaml")
+    rendered = caught.value.render()
+    assert where in rendered and said in rendered, rendered
