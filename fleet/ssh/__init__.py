@@ -3,7 +3,8 @@
 Public surface: `run_command`, `put_file`, `get_file` (each takes a `Host` and
 `ExecOptions` and returns a `HostResult`, never raising for the host's trouble),
 `ConnectionPool`, `Connector` (injectable socket and transport factories),
-`default_pool()`, `configure_default_pool()` and `close_default_pool()`.
+`default_pool()`, `configure_default_pool()`, `configure_handshake_limiter()` (the
+per-sshd handshake limit, `fleet.ssh.handshakes`) and `close_default_pool()`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fleet.ssh import sftp
 from fleet.ssh.command import StartTimeout, run_channel, start_command
 from fleet.ssh.connect import Connector
 from fleet.ssh.errors import ConnectFailure, SessionRefused
+from fleet.ssh.handshakes import HandshakeLimiter
 from fleet.ssh.paramiko_log import route_paramiko_logs
 from fleet.ssh.pool import ConnectionPool, Lease
 from fleet.ssh.sshconfig import Target, resolve_target
@@ -35,6 +37,7 @@ __all__ = [
     "Connector",
     "close_default_pool",
     "configure_default_pool",
+    "configure_handshake_limiter",
     "default_pool",
     "get_file",
     "put_file",
@@ -49,6 +52,7 @@ _default: ConnectionPool | None = None
 _default_pid = 0
 _default_lock = threading.Lock()
 _default_config: tuple[int, float] = (DEFAULTS.pool_size, DEFAULTS.pool_idle_ttl)
+_default_limiter: HandshakeLimiter | None = None
 
 
 def default_pool() -> ConnectionPool:
@@ -61,6 +65,7 @@ def default_pool() -> ConnectionPool:
     with _default_lock:
         if _default is None or _default_pid != os.getpid():
             _default = ConnectionPool(max_size=_default_config[0], idle_ttl=_default_config[1])
+            _default.limiter = _default_limiter
             _default_pid = os.getpid()
         return _default
 
@@ -77,6 +82,18 @@ def configure_default_pool(max_size: int, idle_ttl: float) -> None:
         pool.idle_ttl = idle_ttl
         pool.sweep()
         pool.release_excess()
+
+
+def configure_handshake_limiter(limiter: HandshakeLimiter | None) -> None:
+    """The handshake limit of this process's pool (`fleet.ssh.handshakes`; None: no
+    limit), now and for any pool created later. A limiter belongs to one process: a
+    prefork child configures its own."""
+    global _default_limiter
+    with _default_lock:
+        _default_limiter = limiter
+        pool = _default if _default_pid == os.getpid() else None
+    if pool is not None:
+        pool.limiter = limiter
 
 
 def close_default_pool() -> None:

@@ -64,7 +64,7 @@ class ProxySocket:
             raise TimeoutError()
         return os.read(stdout.fileno(), size)
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes | memoryview) -> int:
         stdin = self.process.stdin
         assert stdin is not None
         try:

@@ -102,8 +102,8 @@ def lookup(
     if not os.path.isfile(path):
         return ConfigEntry()
     if ssh_binary() is not None:
-        found = effective_config(path, name, user=user, port=port, address=address)
-        return from_effective(found, name, path)
+        answer = effective_config(path, name, user=user, port=port, address=address)
+        return from_effective(answer, name, path)
     if path not in _fallback_said:
         _fallback_said.add(path)
         log.warning(

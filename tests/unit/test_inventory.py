@@ -315,7 +315,7 @@ schedules:
         ("{command: x, group: web, every: 1m, sudo: yes please}", "schedules.s.sudo: expected"),
         ("{command: x, group: web, every: 1m, env: {1A: x}}", "schedules.s.env: "),
         ("{command: x, group: web, every: 1m, sudo: true, become: false}", "schedules.s: sudo"),
-        ("[uptime]", "schedules.s: expected a mapping with keys batch, batch_order, become, command"),
+        ("[uptime]", "schedules.s: expected a mapping with keys batch, batch_order, become"),
         ("{command: x, group: wbe, every: 1m}", "schedules.s.group: pattern 'wbe' matches no"),
         ("{command: x, group: 'web:&web2', every: 1m}", "schedules.s.group: pattern 'web2'"),
     ],
