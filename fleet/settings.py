@@ -41,11 +41,15 @@ class Settings:
     accept_new_host_keys: bool = False  # on a worker: the most a task message may ask for
     allow_local: bool = False  # on a worker: run `connection: local` hosts (embedded: always)
     secret_env: str = ""  # on a worker: what password_env may name ("DB_PASS,DEPLOY_*")
+    worker_inventory: str = ""  # on a worker: connect only to its hosts, with its values
     signing_key: str = ""  # PEM RSA key this process signs task messages with (fleet.signing)
     signing_cert: str = ""  # its X.509 certificate
     signing_cert_store: str = ""  # directory of trusted signers' certificates (workers)
     pool_size: int = 256  # live SSH transports kept per worker process
     pool_idle_ttl: float = 300.0
+    # SSH handshakes in progress at once per sshd (address:port), across all workers
+    # (fleet.ssh.handshakes); below a stock sshd's MaxStartups 10. 0: no limit.
+    handshakes_per_target: int = 8
     retention: int = 7 * DAY  # run history, progress events, claims
     audit_retention: int = 90 * DAY  # the audit log of submits and cancels (fleet.audit)
     transfer_limit: int = 64 << 20  # bytes: largest file script/copy/fetch moves (staged)

@@ -27,6 +27,7 @@ from fleet.command import ExecOptions
 from fleet.errors import ConfigError, FleetError
 from fleet.execute import execute
 from fleet.inventory.hosts import Host
+from fleet.pinning import pinned_host
 from fleet.results import HostResult
 from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
@@ -81,17 +82,24 @@ def execute_allowed(host: Host, command: str, options: ExecOptions) -> HostResul
     its reason as an `error` result and is never contacted (`fleet.trust.refusal`,
     `fleet.runenv.env_from_refusal`); `env_from` references are resolved here."""
     allowed = _allowed(host, options)
-    return allowed if isinstance(allowed, HostResult) else execute(host, command, allowed)
+    if isinstance(allowed, HostResult):
+        return allowed
+    return execute(allowed[0], command, allowed[1])
 
 
-def _allowed(host: Host, options: ExecOptions) -> ExecOptions | HostResult:
-    """`options` with `env_from` resolved, or the refusal of a host this worker does not
-    allow (`fleet.trust.refusal`, `fleet.runenv.env_from_refusal`)."""
+def _allowed(host: Host, options: ExecOptions) -> tuple[Host, ExecOptions] | HostResult:
+    """The host as this worker knows it (`fleet.pinning`) and `options` with `env_from`
+    resolved, or the refusal of a host this worker does not allow (`fleet.trust.refusal`,
+    `fleet.runenv.env_from_refusal`)."""
     settings = worker_settings()
-    reason = refusal(host, settings) or env_from_refusal(host, options, settings)
+    pinned = pinned_host(host, settings)
+    if isinstance(pinned, str):
+        return refused_result(host, pinned)
+    reason = refusal(pinned, settings) or env_from_refusal(pinned, options, settings)
     if reason is not None:
-        return refused_result(host, reason)
-    return resolve_env_from(host, options, os.environ)
+        return refused_result(pinned, reason)
+    resolved = resolve_env_from(pinned, options, os.environ)
+    return resolved if isinstance(resolved, HostResult) else (pinned, resolved)
 
 
 def action_executor(run_id: str, message: Any) -> Callable[[Host, str, ExecOptions], HostResult]:
@@ -110,7 +118,7 @@ def action_executor(run_id: str, message: Any) -> Callable[[Host, str, ExecOptio
         except FleetError as exc:
             return refused_result(host, f"malformed action in the task message: {exc}")
         limit = worker_settings().transfer_limit
-        return run_action(worker_store(), run_id, host, action, allowed, limit)
+        return run_action(worker_store(), run_id, allowed[0], action, allowed[1], limit)
 
     return run
 
@@ -200,9 +208,12 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _configure_pool(settings: Settings) -> None:
-    from fleet.ssh import configure_default_pool
+    from fleet.ssh import configure_default_pool, configure_handshake_limiter
+    from fleet.ssh.handshakes import shared_limiter
 
     configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
+    # Handshakes per sshd counted with every other worker's, in the run store.
+    configure_handshake_limiter(shared_limiter(worker_store(), settings.handshakes_per_target))
 
 
 def _say_weakened_settings(consumer: Any, controller: Any) -> None:

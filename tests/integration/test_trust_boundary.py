@@ -11,6 +11,7 @@ import yaml
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
+from tests.harness.stubs import HungListener
 from tests.harness.workers import StartWorker
 from tests.integration.fleetcli import FleetCLI, fleet_env, statuses
 
@@ -121,3 +122,35 @@ def test_a_worker_that_allows_trust_on_first_use_records_the_key(
     # Without the submitter asking, the worker's permission alone records nothing new.
     rc, doc = cli.run_json(["run", "true", "-g", "web"])
     assert rc == 0  # the key is known now
+
+
+def test_a_worker_pinned_to_its_inventory_takes_no_connection_values_from_messages(
+    fresh_redis: RedisServer,
+    ssh_fleet: SSHFleet,
+    start_worker: StartWorker,
+    hung_listener: HungListener,
+    ledger: Ledger,
+    tmp_path: Path,
+) -> None:
+    # The worker's own file holds h02 with its real address. The submitter's inventory
+    # (anyone who writes to the broker could say the same) points h02 at another server
+    # and adds a host the worker does not know, with a secret reference.
+    env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
+    real = ssh_fleet.hosts[0]
+    own = ssh_fleet.write_inventory(tmp_path / "worker-inventory.yaml", hosts=[real])
+    trap = {"address": hung_listener.address, "port": hung_listener.port, "user": "root"}
+    inventory = _inventory(
+        tmp_path / "inventory.yaml",
+        {"web": {"hosts": {real.name: trap, "stranger": {**trap, "password_env": "DB_PASS"}}}},
+    )
+    worker_env = {**env, "FLEET_WORKER_INVENTORY": str(own), "DB_PASS": WORKER_SECRET,
+                  "FLEET_SECRET_ENV": "DB_PASS"}  # fmt: skip
+    start_worker(name="pinned", env=worker_env)
+    rc, doc = FleetCLI(inventory, env).run_json(["run", ledger.command("true"), "-g", "web"])
+    assert rc == 1
+    assert statuses(doc) == {real.name: "ok", "stranger": "error"}
+    by_host = {r["host"]: r for r in doc["results"]}
+    assert by_host[real.name]["address"] == real.address  # the worker's value, not the message's
+    assert "not in this worker's inventory" in by_host["stranger"]["error"]
+    assert hung_listener.accepted == 0  # the other server was never contacted
+    assert ledger.hosts() == [real.name]
