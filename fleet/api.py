@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleet.command import ExecOptions
-from fleet.inventory.loader import load_inventory
+from fleet.inventory.loader import select_hosts
 from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
 from fleet.results import RunReport
 from fleet.rollout import Rollout, parse_size
 from fleet.session import RunSession
-from fleet.settings import Settings
+from fleet.settings import DEFAULTS, Settings
 
 
 class RunHandle:
@@ -91,8 +91,11 @@ def run(
         deadline=deadline,
         accept_new_host_keys=accept_new_host_keys,
     )
-    hosts = load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes).select(
-        pattern
+    hosts = select_hosts(
+        settings.inventory,
+        pattern,
+        max_bytes=settings.inventory_max_bytes,
+        implicit_file=settings.inventory == DEFAULTS.inventory,
     )
     options = ExecOptions.from_settings(
         settings,

@@ -8,9 +8,11 @@ module can publish too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from fleet import affinity
 from fleet.command import ExecOptions
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.lifecycle import RunRequest
@@ -34,11 +36,19 @@ def queue_for(host: Host, *, embedded: bool) -> str:
 
 
 def build_canvas(
-    run: RunRecord, request: RunRequest, *, embedded: bool, app: Any, batch: int = 0
+    run: RunRecord,
+    request: RunRequest,
+    *,
+    embedded: bool,
+    app: Any,
+    batch: int = 0,
+    routes: Mapping[str, str] | None = None,
 ) -> Any:
     """The chord of one batch of the run (the whole run when it is not batched), unsent:
     one `run_on_host` per host of `request.hosts` on its queue, then `aggregate`, which
-    publishes the next batch (`publish_batch`).
+    publishes the next batch (`publish_batch`). `routes`: host name -> the personal
+    queue of the worker holding its connection (`fleet.affinity.routes`); a host not in
+    it goes to its plain queue.
 
     Every message expires at the run's deadline: a message that sits in the broker
     longer (no worker on its queue) is dropped instead of running after the run ended.
@@ -48,12 +58,13 @@ def build_canvas(
     expires = datetime.fromtimestamp(run.deadline, UTC)
     # Paths on the submitter's machine mean nothing on a worker's (fleet.worker).
     options = request.options.to_message()
+    routes = routes or {}
     members = [
         app.signature(
             RUN_ON_HOST,
             args=(run.run_id, task_host(h), request.command, options),
             kwargs=_host_kwargs(run),
-            queue=queue_for(h, embedded=embedded),
+            queue=routes.get(h.name) or queue_for(h, embedded=embedded),
             expires=expires,
         )
         for h in request.hosts
@@ -97,4 +108,5 @@ def publish_batch(store: RunStore, run_id: str, batch: int, *, embedded: bool, a
         options=ExecOptions.from_dict(run.options),
         schedule=run.schedule,
     )
-    build_canvas(run, request, embedded=embedded, app=app, batch=batch).apply_async()
+    routes = affinity.routes(store, hosts, embedded=embedded)
+    build_canvas(run, request, embedded=embedded, app=app, batch=batch, routes=routes).apply_async()

@@ -24,12 +24,16 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def select(pattern: str | None, settings: Settings) -> tuple[Any, ...]:
-    from fleet.inventory.loader import load_inventory
+    from fleet.inventory.loader import select_hosts
+    from fleet.settings import DEFAULTS
 
     if not pattern:
         raise UsageError("no pattern given: name a group, e.g. --group web (or 'all')")
-    return load_inventory(settings.inventory, max_bytes=settings.inventory_max_bytes).select(
-        pattern
+    return select_hosts(
+        settings.inventory,
+        pattern,
+        max_bytes=settings.inventory_max_bytes,
+        implicit_file=settings.inventory == DEFAULTS.inventory,
     )
 
 

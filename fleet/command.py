@@ -182,6 +182,19 @@ def build_invocation(host: Host, command: str, options: ExecOptions) -> Invocati
     return Invocation((*sudo, "--", *argv), True, password_env, env_payload)
 
 
+_SIGNAL_NAME = re.compile(r"[A-Za-z0-9@._+-]{1,40}")
+
+
+def signal_label(name: str) -> str:
+    """A signal's name as RFC 4254 section 6.10 writes it (``KILL``, not ``SIGKILL``).
+
+    The name comes from the host (sshd's "exit-signal"): anything but a short name of
+    letters, digits and ``@._+-`` (``XCPU@openssh.com`` is one) is shown as ``?``.
+    """
+    name = name.removeprefix("SIG") if name.startswith("SIG") and len(name) > 3 else name
+    return name if _SIGNAL_NAME.fullmatch(name) else "?"
+
+
 class CappedBuffer:
     """Keeps the first `cap` bytes of a stream and counts all of them."""
 
@@ -255,8 +268,10 @@ class Clock:
         kill_confirmed: bool | None = None,
         kill_note: str = "",
         connection_reused: bool = False,
+        exit_signal: str | None = None,
     ) -> HostResult:
-        """The result of a command that started, from its exit code and streams."""
+        """The result of a command that started, from its exit code and streams;
+        `exit_signal` names the signal that ended it (``KILL``; then no exit code)."""
         error: str | None = None
         if timed_out:
             status = Status.TIMEOUT
@@ -267,7 +282,9 @@ class Clock:
             status = Status.OK
         else:
             status = Status.FAILED
-            if exit_code is None:
+            if exit_signal is not None:
+                error = f"killed by signal {exit_signal}"
+            elif exit_code is None:
                 error = "the command ended without an exit status (killed by a signal?)"
             else:
                 error = f"exit code {exit_code}"
@@ -279,4 +296,5 @@ class Clock:
             error=error,
             connection_reused=connection_reused,
             remote_kill_confirmed=kill_confirmed if timed_out else None,
+            exit_signal=None if timed_out else exit_signal,
         )

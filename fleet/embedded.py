@@ -40,10 +40,13 @@ def embedded_worker(
     """Run a worker thread in this process on the in-memory transport while inside."""
     from celery.app.trace import setup_worker_optimizations
 
-    from fleet.ssh import configure_default_pool
+    from fleet.ssh import configure_default_pool, configure_handshake_limiter
+    from fleet.ssh.handshakes import shared_limiter
 
     attach(settings, store)
     configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
+    # Shared through the history file with any other embedded run on this machine.
+    configure_handshake_limiter(shared_limiter(store, settings.handshakes_per_target))
     app = app_for(settings)
     hostname = f"embedded@{os.uname().nodename}"
     # What `celery worker` does at start: without it the threads pool traces tasks

@@ -18,7 +18,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from fleet.command import EOF_GRACE, CappedBuffer, Clock, ExecOptions, build_invocation
+from fleet.command import (
+    EOF_GRACE,
+    CappedBuffer,
+    Clock,
+    ExecOptions,
+    build_invocation,
+    signal_label,
+)
 from fleet.errors import ConfigError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, Status
@@ -72,8 +79,11 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
             else f"could not confirm that process group {proc.pid} ended"
         )
     exit_code = None if timed_out else proc.wait()
+    exit_signal = None
     if exit_code is not None and exit_code < 0:
-        exit_code = 128 - exit_code  # a signal, as a shell reports it
+        # Ended by a signal: no exit code, the signal's name, as over SSH (exit-signal)
+        exit_signal = _signal_name(-exit_code)
+        exit_code = None
     return clock.finished(
         host,
         exit_code=exit_code,
@@ -83,7 +93,16 @@ def run_local(host: Host, command: str, options: ExecOptions) -> HostResult:
         timeout=options.command_timeout,
         kill_confirmed=kill_confirmed,
         kill_note=note,
+        exit_signal=exit_signal,
     )
+
+
+def _signal_name(number: int) -> str:
+    """``KILL`` for 9: the name RFC 4254 uses (sshd's exit-signal), the number if unnamed."""
+    try:
+        return signal_label(signal.Signals(number).name)
+    except ValueError:
+        return str(number)
 
 
 def command_environment(

@@ -92,6 +92,8 @@ class HostResult:
     worker: str | None = None  # Celery node name that ran it
     connection_reused: bool = False
     remote_kill_confirmed: bool | None = None  # after a timeout: did the remote process end?
+    # The signal that ended the command, as RFC 4254 names it ("KILL"); exit_code is None
+    exit_signal: str | None = None
     # script, copy, fetch (fleet.transfer): the file that went across, as
     # {"path": str, "bytes": int, "sha256": hex str}; None for a command
     transfer: Mapping[str, Any] | None = field(default=None, hash=False)

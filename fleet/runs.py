@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from fleet import audit, canvas
+from fleet import affinity, audit, canvas
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.lifecycle import RunRequest, cancel_run, finalize_run, new_run_id
 from fleet.results import RunRecord, RunReport, utc_now
@@ -46,11 +46,18 @@ class Progress:
         return sum(self.counts.values())
 
 
-def build_canvas(run: RunRecord, request: RunRequest, *, embedded: bool, app: Any = None) -> Any:
+def build_canvas(
+    run: RunRecord,
+    request: RunRequest,
+    *,
+    embedded: bool,
+    app: Any = None,
+    routes: Mapping[str, str] | None = None,
+) -> Any:
     """`fleet.canvas.build_canvas` with the environment's app by default."""
     if app is None:
         from fleet.celery import app
-    return canvas.build_canvas(run, request, embedded=embedded, app=app)
+    return canvas.build_canvas(run, request, embedded=embedded, app=app, routes=routes)
 
 
 def submit_run(
@@ -104,7 +111,9 @@ def submit_run(
             )
             first = set(run.batches[0])
             request = replace(request, hosts=tuple(h for h in request.hosts if h.name in first))
-        build_canvas(run, request, embedded=embedded, app=app).apply_async()
+        # Each host to the worker holding its connection, when several serve its queue.
+        routes = affinity.routes(store, request.hosts, embedded=embedded)
+        build_canvas(run, request, embedded=embedded, app=app, routes=routes).apply_async()
         _release_subscriptions(app)
     except BaseException as exc:
         # Whatever was published before the failure (or Ctrl-C) must not run: the cancel

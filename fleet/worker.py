@@ -205,15 +205,58 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
     from fleet.watchdog import Watchdog
 
     Watchdog(store, settings.watchdog_interval).start()
+    _start_affinity(sender, store)
+
+
+_heartbeat: Any = None
+
+
+def _start_affinity(consumer: Any, store: RunStore) -> None:
+    """Consume this worker's personal queue and register it (`fleet.affinity`)."""
+    global _heartbeat
+    from fleet import affinity
+
+    hostname = getattr(consumer, "hostname", None)
+    if not hostname or not hasattr(consumer, "add_task_queue"):
+        return
+    queues = affinity.served_queues(consumer.app.amqp.queues.consume_from)
+    personal = affinity.personal_queue(str(hostname))
+    try:
+        consumer.add_task_queue(personal)
+        _heartbeat = affinity.Heartbeat(store, consumer.app, queues, personal)
+        _heartbeat.start()
+    except Exception as exc:  # no affinity is slower, not wrong: the plain queues serve
+        log.warning("fleet: host affinity off on this worker: %s: %s", type(exc).__name__, exc)
 
 
 def _configure_pool(settings: Settings) -> None:
     from fleet.ssh import configure_default_pool, configure_handshake_limiter
     from fleet.ssh.handshakes import shared_limiter
 
+    _raise_fd_limit(settings.pool_size + FD_MARGIN)
+
     configure_default_pool(settings.pool_size, settings.pool_idle_ttl)
     # Handshakes per sshd counted with every other worker's, in the run store.
     configure_handshake_limiter(shared_limiter(worker_store(), settings.handshakes_per_target))
+
+
+#: File descriptors a worker needs beside one socket per pooled transport (Redis,
+#: channels' pipes, logs).
+FD_MARGIN = 512
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards `wanted` (never above the hard
+    limit): a full pool is one socket per transport, and many systems start at 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("fleet: open-file limit stays %s: %s", soft, exc)
 
 
 def _say_weakened_settings(consumer: Any, controller: Any) -> None:
@@ -237,5 +280,8 @@ def _say_weakened_settings(consumer: Any, controller: Any) -> None:
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _close_connections(**_: Any) -> None:
     from fleet.ssh import close_default_pool
+
+    if _heartbeat is not None:
+        _heartbeat.stop()  # route no more hosts to this worker
 
     close_default_pool()

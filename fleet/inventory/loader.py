@@ -2,7 +2,9 @@
 
 Knows nothing of Celery, SSH or Redis (a test checks that importing it imports none).
 Format: top-level keys ``defaults``, ``groups`` and ``schedules``, nothing else (the
-commented ``inventory.yaml`` at the top of the repository shows each of them).
+commented ``inventory.yaml`` at the top of the repository shows each of them). Ansible's
+INI and YAML inventories load too (`fleet.inventory.formats` tells them apart), with
+Ansible's ``all`` vars as defaults and its variable names kept until the end.
 
 Variable precedence, lowest first; a later layer replaces a variable whole (an
 ``env`` mapping too, like Ansible's default ``hash_behaviour=replace``):
@@ -27,29 +29,32 @@ whose ranges, children or variables resolve to too much before they are expanded
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from fleet.errors import InventoryError, InventoryProblem, PatternError
+from fleet.inventory.ansible_vars import host_from_ansible
+from fleet.inventory.formats import Format, read_spec
 from fleet.inventory.hosts import DEFAULT_PORT, KNOWN_HOST_VARS, Host
 from fleet.inventory.noderange import expand_hosts, fold_hosts
 from fleet.inventory.patterns import resolve_pattern
-from fleet.inventory.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, read_yaml
+from fleet.inventory.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 from fleet.inventory.schedules import Schedule
 from fleet.inventory.schema import (
     MAX_HOSTS,
     GroupSpec,
     InventorySpec,
-    check_inventory,
     join_path,
 )
 from fleet.inventory.sizes import ResolvedSize
 from fleet.settings import DEFAULTS
 
 __all__ = [
+    "IMPLICIT_LOCALHOST",
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
     "MAX_HOSTS",
@@ -66,6 +71,12 @@ __all__ = [
 MAX_MEMBERSHIPS = 1_000_000  # (host, group) pairs, children's parents included
 MAX_HOST_VALUES = 5_000_000  # variables over all hosts, after precedence
 
+#: Selected by the pattern ``localhost`` when the inventory has no host of that name
+#: (or there is no inventory file at all), as Ansible's implicit localhost.
+IMPLICIT_LOCALHOST = Host(name="localhost", address="localhost", connection="local")
+
+HostMaker = Callable[[str, dict[str, Any], tuple[str, ...]], Host]
+
 
 @dataclass(frozen=True, slots=True)
 class Inventory:
@@ -76,6 +87,7 @@ class Inventory:
     groups: tuple[str, ...]  # in file order
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     members: Mapping[str, frozenset[str]] = field(default_factory=dict)  # children's too
+    format: Format = Format.FLEET  # the file's format (fleet.inventory.formats)
     _by_name: Mapping[str, Host] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -93,8 +105,14 @@ class Inventory:
     def select(self, pattern: str) -> tuple[Host, ...]:
         """The hosts `pattern` selects, each once, in inventory order.
 
-        Raises `PatternError` when a term names nothing or nothing is selected.
+        The pattern ``localhost``, when no host has that name, selects
+        `IMPLICIT_LOCALHOST`. Raises `PatternError` when a term names nothing or nothing
+        is selected.
         """
+        if pattern.strip() == IMPLICIT_LOCALHOST.name and IMPLICIT_LOCALHOST.name not in (
+            self._by_name.keys() | self.members.keys()
+        ):
+            return (IMPLICIT_LOCALHOST,)
         names = resolve_pattern(pattern, self.members, self._by_name.keys())
         if not names:
             raise PatternError(f"pattern {pattern!r} matched no hosts")
@@ -134,6 +152,32 @@ def load_inventory(path: str | Path, *, max_bytes: int = DEFAULTS.inventory_max_
     return parse_inventory(text, source, max_bytes=max_bytes)
 
 
+def select_hosts(
+    path: str | Path,
+    pattern: str,
+    *,
+    max_bytes: int = DEFAULTS.inventory_max_bytes,
+    implicit_file: bool = False,
+) -> tuple[Host, ...]:
+    """The hosts `pattern` selects in the inventory at `path` (`Inventory.select`).
+
+    With `implicit_file` (the path is the default, not one the user named) a missing
+    file is an empty inventory for the pattern ``localhost`` (`IMPLICIT_LOCALHOST`), as
+    Ansible runs ``ansible localhost`` without an inventory. Raises `InventoryError`
+    (for another pattern, the missing file, with how to name one), `PatternError`.
+    """
+    if implicit_file and not os.path.lexists(path):
+        if pattern.strip() == IMPLICIT_LOCALHOST.name:
+            return (IMPLICIT_LOCALHOST,)
+        hint = (
+            "no such file: name the inventory with -i PATH or FLEET_INVENTORY "
+            "(the pattern 'localhost' needs none: connection local, as Ansible's "
+            "implicit localhost)"
+        )
+        raise InventoryError(str(path), InventoryProblem("", hint))
+    return load_inventory(path, max_bytes=max_bytes).select(pattern)
+
+
 def parse_inventory(
     text: str, source: str, *, max_bytes: int = DEFAULTS.inventory_max_bytes
 ) -> Inventory:
@@ -144,11 +188,11 @@ def parse_inventory(
     variable values in all (`fleet.inventory.sizes`; 0: no limit).
     """
     problems: list[InventoryProblem] = []
-    data = read_yaml(text, source, problems)
-    spec = check_inventory(data, problems)
+    kind, spec = read_spec(text, source, problems)  # fleet's YAML, Ansible's YAML or INI
     if problems:
         raise InventoryError(source, problems)
-    inventory = _assemble(source, spec, max_bytes)
+    maker = _make_host if kind is Format.FLEET else host_from_ansible
+    inventory = _assemble(source, spec, max_bytes, maker, kind)
     for schedule in spec.schedules.values():
         try:
             inventory.check_pattern(schedule.group)
@@ -159,8 +203,12 @@ def parse_inventory(
     return inventory
 
 
-def _assemble(source: str, spec: InventorySpec, max_bytes: int) -> Inventory:
-    """Apply precedence (see the module docstring) to checked, acyclic groups."""
+def _assemble(
+    source: str, spec: InventorySpec, max_bytes: int, make_host: HostMaker, kind: Format
+) -> Inventory:
+    """Apply precedence (see the module docstring) to checked, acyclic groups; Ansible's
+    variables become `Host` fields only then (`host_from_ansible`), as Ansible reads
+    them from a host's final variables."""
     defaults, groups = spec.defaults, spec.groups
     depth, lineage = _lineages(source, groups)
     rank = {name: i for i, name in enumerate(sorted(groups, key=lambda g: (depth[g], g)))}
@@ -190,10 +238,10 @@ def _assemble(source: str, spec: InventorySpec, max_bytes: int) -> Inventory:
         weight.host(chain, [(_host_path(g, host), listed) for g, listed in listings])
         for name in chain:
             members[name].add(host)
-        hosts.append(_make_host(host, values, chain))
+        hosts.append(make_host(host, values, chain))
     weight.check(source, max_bytes)
     frozen = {name: frozenset(names) for name, names in members.items()}
-    return Inventory(source, tuple(hosts), tuple(groups), spec.schedules, frozen)
+    return Inventory(source, tuple(hosts), tuple(groups), spec.schedules, frozen, kind)
 
 
 def _host_path(group: str, host: str) -> str:

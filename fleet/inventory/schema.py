@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import InventoryProblem, PatternError
+from fleet.inventory.ansible_vars import FOREIGN_KEYS
 from fleet.inventory.noderange import COUNT_CAP, count_range, expand_hosts, fold_hosts, name_problem
 from fleet.inventory.schedules import Schedule, check_schedule
 from fleet.inventory.values import VAR_CHECKS, json_problem
@@ -107,6 +108,9 @@ class _SchemaChecker:
             elif key in SECRET_KEYS:
                 self.add(where, "no secrets in the inventory: it travels in task messages; "
                          "use password_env: NAME (a variable set on the workers)")  # fmt: skip
+            elif key in FOREIGN_KEYS:  # another tool's name: as a free var it would do nothing
+                self.add(where, f"{key!r} is not a fleet variable: did you mean "
+                         f"{FOREIGN_KEYS[key]}?")  # fmt: skip
             elif problem := VAR_CHECKS.get(key, json_problem)(value):
                 self.add(where, problem)
             else:

@@ -26,6 +26,9 @@ with a newline::
                                           # hostkey_rejected error cancelled lost
                                           # interrupted skipped
           "exit_code": 0,                 # null when the command did not run to an end
+          "exit_signal": null,            # "KILL", "TERM", ...: the signal that ended
+                                          # the command (then exit_code is null), over
+                                          # SSH (sshd's exit-signal) and locally alike
           "stdout": "...", "stderr": "...",          # as kept (capped), UTF-8 decoded
                                           # (so "café" is written "caf\\u00e9")
           "stdout_truncated": false, "stderr_truncated": false,
@@ -96,6 +99,7 @@ _RESULT_KEYS = [
     "address",
     "status",
     "exit_code",
+    "exit_signal",
     "stdout",
     "stderr",
     "stdout_truncated",

@@ -52,7 +52,7 @@ _default: ConnectionPool | None = None
 _default_pid = 0
 _default_lock = threading.Lock()
 _default_config: tuple[int, float] = (DEFAULTS.pool_size, DEFAULTS.pool_idle_ttl)
-_default_limiter: HandshakeLimiter | None = None
+_default_limiter: tuple[int, HandshakeLimiter | None] = (0, None)  # (its process, it)
 
 
 def default_pool() -> ConnectionPool:
@@ -65,7 +65,9 @@ def default_pool() -> ConnectionPool:
     with _default_lock:
         if _default is None or _default_pid != os.getpid():
             _default = ConnectionPool(max_size=_default_config[0], idle_ttl=_default_config[1])
-            _default.limiter = _default_limiter
+            # A limiter's local state does not cross a fork: a child configures its own.
+            limiter_pid, limiter = _default_limiter
+            _default.limiter = limiter if limiter_pid == os.getpid() else None
             _default_pid = os.getpid()
         return _default
 
@@ -90,7 +92,7 @@ def configure_handshake_limiter(limiter: HandshakeLimiter | None) -> None:
     prefork child configures its own."""
     global _default_limiter
     with _default_lock:
-        _default_limiter = limiter
+        _default_limiter = (os.getpid(), limiter)
         pool = _default if _default_pid == os.getpid() else None
     if pool is not None:
         pool.limiter = limiter
@@ -251,6 +253,7 @@ def run_command(
         kill_confirmed=outcome.kill_confirmed,
         kill_note=outcome.kill_note,
         connection_reused=lease.reused,
+        exit_signal=outcome.exit_signal,
     )
 
 

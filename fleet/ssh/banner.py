@@ -18,6 +18,9 @@ from fleet.textsafe import make_visible_line
 
 HEAD_BYTES = 256  # what is kept of the peer's first bytes, to quote a non-SSH answer
 _QUOTED = 60
+#: What OpenSSH's sshd (8.x on) writes before closing a connection it drops because of
+#: `MaxStartups` (sshd.c, drop_connection).
+MAX_STARTUPS_ANSWER = b"Exceeded MaxStartups"
 
 
 class BannerWatch:
@@ -44,6 +47,12 @@ def banner_failure(watch: BannerWatch, where: str, timeout: float, seconds: str)
     `seconds` is `timeout` as the message shows it.
     """
     head = watch.head
+    if head.startswith(MAX_STARTUPS_ANSWER):
+        return ConnectFailure(
+            Status.UNREACHABLE,
+            f"{where} refused the connection: too many unauthenticated connections at "
+            "once (sshd MaxStartups; see FLEET_HANDSHAKES_PER_TARGET)",
+        )
     if head and not head.startswith(b"SSH-") and b"\nSSH-" not in head:
         first = head.splitlines()[0] if head.strip() else head
         quoted = make_visible_line(first.decode("utf-8", "replace"))[:_QUOTED]

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_REQUEST
 
-from fleet.command import EOF_GRACE, CappedBuffer, Invocation
+from fleet.command import EOF_GRACE, CappedBuffer, Invocation, signal_label
 from fleet.ssh.errors import SessionRefused
 
 _MARKER = b"FLEET-PID "
@@ -134,6 +135,36 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
         raise failure
 
 
+def _handle_request(channel: Any, message: Any) -> None:
+    """paramiko's channel-request handler, plus RFC 4254 section 6.10's "exit-signal"
+    (signal name without "SIG", core dumped, error message, language), which paramiko
+    ignores: the name is kept as ``channel.fleet_exit_signal`` and the status event
+    set, as for "exit-status" (sshd sends one or the other when the command ends)."""
+    start = message.packet.tell()
+    with contextlib.suppress(Exception):  # a malformed request: paramiko's handler says so
+        if message.get_text() == "exit-signal":
+            message.get_boolean()  # want_reply: answered by paramiko's handler below
+            channel.fleet_exit_signal = signal_label(message.get_text())
+            channel.status_event.set()
+    message.packet.seek(start)
+    _PARAMIKO_REQUEST_HANDLER(channel, message)
+
+
+_PARAMIKO_REQUEST_HANDLER = paramiko.Transport._channel_handler_table[MSG_CHANNEL_REQUEST]  # type: ignore[attr-defined]
+
+
+def capture_exit_signal(transport: Any) -> None:
+    """Make `transport`'s channels record the "exit-signal" request (`_handle_request`).
+
+    paramiko dispatches channel messages through the transport's
+    ``_channel_handler_table`` (a class attribute): this gives the one transport its own
+    copy with our handler; other transports and paramiko itself are untouched.
+    """
+    table = getattr(transport, "_channel_handler_table", None)
+    if isinstance(table, dict) and table.get(MSG_CHANNEL_REQUEST) is not _handle_request:
+        transport._channel_handler_table = {**table, MSG_CHANNEL_REQUEST: _handle_request}
+
+
 def start_command(transport: Any, invocation: Invocation, timeout: float) -> Any:
     """A new session channel with `invocation` started on it, within `timeout`.
 
@@ -141,6 +172,7 @@ def start_command(transport: Any, invocation: Invocation, timeout: float) -> Any
     the session or the exec request (the command did not start), `StartTimeout`.
     """
     channel = None
+    capture_exit_signal(transport)
     try:
         channel = transport.open_session(timeout=timeout)
         channel.set_combine_stderr(False)
@@ -168,6 +200,7 @@ class Outcome:
     timed_out: bool
     kill_confirmed: bool | None = None
     kill_note: str = ""
+    exit_signal: str | None = None  # "KILL": the command was ended by that signal
 
 
 def run_channel(
@@ -199,7 +232,12 @@ def run_channel(
     if not timed_out:
         status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         channel.close()
-        return Outcome(exit_code=None if status < 0 else status, timed_out=False)
+        signal = getattr(channel, "fleet_exit_signal", None)
+        return Outcome(
+            exit_code=None if status < 0 else status,
+            timed_out=False,
+            exit_signal=signal if status < 0 and isinstance(signal, str) else None,
+        )
     channel.close()
     confirmed, note = kill_remote(transport, marked.pid, invocation.become, open_channel)
     return Outcome(exit_code=None, timed_out=True, kill_confirmed=confirmed, kill_note=note)

@@ -112,9 +112,12 @@ def expand(value: str, values: dict[str, str], allowed: frozenset[str], where: s
     return "".join(out)
 
 
-def from_effective(eff: Effective, name: str, config: str) -> ConfigEntry:
+def from_effective(
+    eff: Effective, name: str, config: str, *, user_given: bool = False
+) -> ConfigEntry:
     """The `ConfigEntry` in an ``ssh -G`` answer for `name`; raises `SSHConfigProblem`
-    for a setting that cannot be honoured or a bad token."""
+    for a setting that cannot be honoured or a bad token. `user_given`: the user came
+    from the command line (``-l``), taken as it is."""
 
     def one(keyword: str) -> str | None:
         found = eff.get(keyword)
@@ -132,7 +135,7 @@ def from_effective(eff: Effective, name: str, config: str) -> ConfigEntry:
     port = one("port") or "22"
     values = {**facts, "h": hostname, "n": name, "p": port, "k": one("hostkeyalias") or name}
     user = one("user") or facts["u"]
-    if "%" in user:  # an OpenSSH older than 9.6 prints User unexpanded
+    if "%" in user and not user_given:  # an OpenSSH before 9.6 prints User unexpanded
         user = expand(user, values, USER_TOKENS, f"ssh config {config}: User {user}")
     values["r"] = user
     # %C as OpenSSH computes it: SHA-1 of %l%h%p%r (a name, not a security hash)

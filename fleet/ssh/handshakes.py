@@ -21,7 +21,10 @@ shared slot table (the run store: Redis, or the embedded SQLite history).
   from; `slot_wait_s`); a host that finds no slot in that time ends `unreachable`,
   saying so, never contacted. A run's deadline still ends the run as always.
 - A slot is held at most `slot_hold_s` (longer than any handshake can last), so a
-  worker killed in mid-handshake gives its slots back by itself.
+  worker killed in mid-handshake gives its slots back by itself. Once logged in, the
+  slot stays taken `LINGER_S` more: sshd's listener counts a login as done only when
+  its monitor process reports it, a moment after the client saw it succeed (measured
+  here: with no linger, 8 slots let 10+ be counted now and then under load).
 - Waiters ask again after a jittered, growing pause (so workers do not retry in
   lockstep), and at once when a slot of their own process frees. Within a process at
   most `limit` threads per endpoint ask the shared table; the others wait locally.
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Added to the longest a handshake can take before its slot lapses (seconds).
 HOLD_MARGIN_S = 5.0
+#: Seconds a slot stays taken after the login: sshd's own accounting catches up.
+LINGER_S = 0.1
 #: First pause before asking the shared table again, then doubled up to the second.
 FIRST_RETRY_S = 0.02
 MAX_RETRY_S = 0.5
@@ -64,8 +69,9 @@ class HandshakeSlots(Protocol):
         seconds; False when all are taken. Raises `BackendError`."""
         ...
 
-    def release_handshake_slot(self, endpoint: str, holder: str) -> None:
-        """Give `holder`'s slot back (nothing if it holds none). Raises `BackendError`."""
+    def release_handshake_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
+        """Give `holder`'s slot back `linger_s` seconds from now (0: at once; nothing if
+        it holds none). Raises `BackendError`."""
         ...
 
 
@@ -119,6 +125,7 @@ class SharedLimiter:
         rng: Callable[[], float] = random.random,
         first_retry_s: float = FIRST_RETRY_S,
         max_retry_s: float = MAX_RETRY_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         if limit < 1:
             raise ValueError(f"handshake limit must be at least 1, got {limit}")
@@ -128,6 +135,7 @@ class SharedLimiter:
         self._rng = rng
         self._first_retry_s = first_retry_s
         self._max_retry_s = max_retry_s
+        self._linger_s = linger_s
         self._changed = threading.Condition()
         self._local: dict[str, int] = {}  # endpoint -> this process's threads past the gate
         self._store_down_said = False
@@ -148,7 +156,7 @@ class SharedLimiter:
     def release(self, token: HandshakeToken) -> None:
         try:
             if token.shared:
-                self._slots.release_handshake_slot(token.endpoint, token.holder)
+                self._slots.release_handshake_slot(token.endpoint, token.holder, self._linger_s)
         except BackendError:
             pass  # the slot lapses by itself after its hold time
         finally:
@@ -206,6 +214,12 @@ class SharedLimiter:
                 "this process only until the store answers",
                 exc,
             )
+
+
+def shared_limiter(slots: HandshakeSlots, limit: int) -> SharedLimiter | None:
+    """The limiter a worker (or the embedded worker) gives its pool: `limit` slots per
+    endpoint in `slots` (setting ``handshakes_per_target``); None (no limit) below 1."""
+    return SharedLimiter(slots, limit) if limit > 0 else None
 
 
 def endpoint_of(target: Target) -> str:

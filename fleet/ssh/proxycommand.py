@@ -33,6 +33,7 @@ class ProxySocket:
         self.command = command
         self._timeout: float | None = None
         self._last_words: str | None = None  # the stderr tail, kept when closed
+        self._ended = False
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close)
         argv = [shell or os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
         try:
@@ -79,7 +80,11 @@ class ProxySocket:
 
     @property
     def closed(self) -> bool:
-        return self.process.returncode is not None
+        return self._ended or self.process.returncode is not None
+
+    @property
+    def _closed(self) -> bool:  # what paramiko's Transport.stop_thread asks a socket
+        return self.closed
 
     def stderr_tail(self) -> str:
         """The end of what the command wrote on stderr, made visible (one line)."""
@@ -96,6 +101,7 @@ class ProxySocket:
 
     def close(self) -> None:
         """End the command (SIGTERM, then SIGKILL after a second) and reap it."""
+        self._ended = True
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):

@@ -103,7 +103,7 @@ def lookup(
         return ConfigEntry()
     if ssh_binary() is not None:
         answer = effective_config(path, name, user=user, port=port, address=address)
-        return from_effective(answer, name, path)
+        return from_effective(answer, name, path, user_given=user is not None)
     if path not in _fallback_said:
         _fallback_said.add(path)
         log.warning(

@@ -18,6 +18,12 @@ Layout, every key under one prefix and every key with a TTL (the retention)::
     {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
     {prefix}:beat:{hexname}          hash: a schedule's last_slot, last_run_id, skipped
     {prefix}:beat:{hexname}:{slot}   string: the claim of one firing slot (first beat wins)
+    {prefix}:handshakes:{hexendpoint} sorted set: SSH handshakes in progress with one
+                                     sshd (fleet.ssh.handshakes), holder -> until when
+                                     (server time); expires with its last holder
+    {prefix}:workers:{hexqueue}      sorted set: the personal queues of the workers
+                                     serving one queue, until when (server time;
+                                     fleet.affinity, fleet.store.redis_affinity)
     {prefix}:audit                   stream: the audit log (fleet.audit), one JSON entry per
                                      id, trimmed by age (MINID); its own retention
 
@@ -50,6 +56,7 @@ KeyKind = Literal[
     "fanout",
     "audit",
     "env",
+    "handshakes",
 ]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -70,6 +77,8 @@ def key(prefix: str, kind: KeyKind, run_id: str = "", host: str = "") -> str:
         return f"{prefix}:runs"
     if kind == "audit":
         return f"{prefix}:audit"
+    if kind == "handshakes":
+        return f"{prefix}:handshakes:{host_token(host)}"
     if kind == "host_runs":
         return f"{prefix}:host:{host_token(host)}:runs"
     if kind == "claim":

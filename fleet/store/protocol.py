@@ -182,6 +182,30 @@ class RunStore(Protocol):
     def release_fanout_slot(self, run_id: str, host: str) -> None:
         """Give `host`'s fan-out slot back (nothing if it holds none)."""
 
+    def take_handshake_slot(self, endpoint: str, holder: str, limit: int, hold_s: float) -> bool:
+        """Take one of `endpoint`'s `limit` SSH handshake slots (``address:port``,
+        `fleet.ssh.handshakes`) for `holder`, held at most `hold_s` seconds, shared by
+        every process using the store; False if all are taken."""
+
+    def release_handshake_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
+        """Give `holder`'s handshake slot back `linger_s` seconds from now (0: at once;
+        nothing if it holds none)."""
+
+    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+        """Register (or refresh) a worker's personal queue `personal` under each plain
+        queue of `queues` it serves, for `ttl_s` seconds (`fleet.affinity`)."""
+
+    def unregister_worker(self, queues: Sequence[str], personal: str) -> None:
+        """Drop the registration of `personal` under `queues` (nothing if absent)."""
+
+    def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
+        """Per queue of `queues`, the personal queues whose registration holds more than
+        `min_left_s` seconds still (a store that keeps none: {})."""
+
+    def expired_workers(self, queues: Sequence[str], drop_after_s: float) -> dict[str, list[str]]:
+        """Per queue, the personal queues whose registration expired (their messages are
+        orphans); registrations expired more than `drop_after_s` seconds ago are dropped."""
+
     def stage_env(self, run_id: str, values: Mapping[str, str], ttl_s: float) -> None:
         """Keep the run's `--env` values (NAME -> value) for the workers, out of every
         task message and of the run record, for `ttl_s` seconds (at most the retention)."""

@@ -65,6 +65,7 @@ BAD_RESULT_VALUES: list[tuple[str, Any]] = [
     ("worker", ["w"]),
     ("connection_reused", "true"),
     ("remote_kill_confirmed", 1),
+    ("exit_signal", 9),
     ("transfer", ["x"]),
 ]
 

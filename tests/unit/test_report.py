@@ -25,6 +25,7 @@ RESULT_KEYS = [
     "address",
     "status",
     "exit_code",
+    "exit_signal",
     "stdout",
     "stderr",
     "stdout_truncated",

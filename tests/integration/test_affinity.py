@@ -1,0 +1,119 @@
+"""Host affinity (fleet.affinity): real workers, Redis and sshd; no timing assertions.
+
+Each host's task goes to the worker holding its connection, so a second run reuses
+every connection; a worker gone before a run gets no hosts, and the messages waiting
+for a worker that dies mid-run are moved back to the plain queue for the others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from fleet.affinity import FRESH_S, TTL_S, choose, personal_queue
+from fleet.store.redis_store import RedisRunStore
+from tests.harness.ledger import Ledger
+from tests.harness.redis_server import RedisServer
+from tests.harness.sshd import SSHFleet
+from tests.harness.workers import StartWorker
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
+
+
+def _cli(server: RedisServer, fleet: SSHFleet, tmp_path: Path) -> FleetCLI:
+    env = fleet_env(server.url, fleet.known_hosts, tmp_path / "home")
+    return FleetCLI(fleet.write_inventory(tmp_path / "inventory.yaml"), env)
+
+
+def _live(server: RedisServer) -> list[str]:
+    store = RedisRunStore.from_url(server.url)
+    try:
+        return sorted(store.live_workers(["fleet"], TTL_S - FRESH_S).get("fleet", []))
+    finally:
+        store.close()
+
+
+def _run(cli: FleetCLI, args: list[str]) -> dict[str, object]:
+    _code, doc = cli.run_json(["run", *args, "--group", "web", "--json"])
+    assert isinstance(doc, dict), doc
+    return doc
+
+
+def test_second_run_reuses_every_connection(
+    fresh_redis: RedisServer, ssh_fleet: SSHFleet, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
+    a = start_worker(name="aff1", concurrency=4, env=cli.env)
+    b = start_worker(name="aff2", concurrency=4, env=cli.env)
+    wait_until(lambda: len(_live(fresh_redis)) == 2)
+    first = _run(cli, ["true"])
+    second = _run(cli, ["true"])
+    names = {h.name for h in ssh_fleet.hosts}
+    assert set(statuses(first).values()) == {"ok"}
+    assert set(statuses(second).values()) == {"ok"}, statuses(second)
+    results = second["results"]
+    assert isinstance(results, list) and {r["host"] for r in results} == names
+    assert all(r["connection_reused"] for r in results), results
+    # The same host, the same worker; and both workers had hosts.
+    before = {r["host"]: r["worker"] for r in first["results"]}  # type: ignore[attr-defined]
+    assert {r["host"]: r["worker"] for r in results} == before
+    assert set(before.values()) == {a.node_name, b.node_name}
+
+
+def test_worker_gone_before_the_run_gets_no_hosts(
+    fresh_redis: RedisServer, ssh_fleet: SSHFleet, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
+    doomed = start_worker(name="affgone", concurrency=4, env=cli.env)
+    survivor = start_worker(name="affstay", concurrency=4, env=cli.env)
+    wait_until(lambda: len(_live(fresh_redis)) == 2)
+    first = _run(cli, ["true"])
+    assert set(statuses(first).values()) == {"ok"}
+    doomed.kill()  # SIGKILL: no unregistering, its heartbeat just stops
+    wait_until(lambda: _live(fresh_redis) == [personal_queue(survivor.node_name)], timeout=30)
+    second = _run(cli, ["true"])
+    assert set(statuses(second).values()) == {"ok"}, statuses(second)
+    assert {r["worker"] for r in second["results"]} == {survivor.node_name}  # type: ignore[attr-defined]
+
+
+def test_worker_killed_mid_run_every_host_accounted_for(
+    fresh_redis: RedisServer,
+    ssh_fleet: SSHFleet,
+    start_worker: StartWorker,
+    ledger: Ledger,
+    tmp_path: Path,
+) -> None:
+    """Two workers of one slot each; the run's hosts wait in their personal queues.
+    SIGKILL one mid-run: the host it was running ends `lost` (at the deadline); the
+    messages still waiting for it are moved to the plain queue once its registration
+    expires, and run on the other worker. Nothing runs twice."""
+    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
+    workers = [start_worker(name=f"affmid{k}", concurrency=1, env=cli.env) for k in (1, 2)]
+    wait_until(lambda: len(_live(fresh_redis)) == 2)
+    names = {h.name for h in ssh_fleet.hosts}
+    # The worker with more hosts routed to it (with 6 hosts, 3 or more) is the one killed.
+    queues = [personal_queue(w.node_name) for w in workers]
+    routed = [choose(n, queues) for n in names]
+    doomed, survivor = sorted(workers, key=lambda w: -routed.count(personal_queue(w.node_name)))
+    proc = cli.popen(
+        ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "40",
+         "--timeout", "5", "--json"]
+    )  # fmt: skip
+    broker = redis.Redis.from_url(fresh_redis.url)
+    personal = personal_queue(doomed.node_name)
+    # It started a host and still has others waiting for it.
+    wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
+    doomed.kill()
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    doc = json.loads(out)
+    got = statuses(doc)
+    assert set(got) == names
+    assert set(got.values()) <= {"ok", "lost"}, got
+    assert list(got.values()).count("lost") <= 1, got
+    ok_workers = {r["worker"] for r in doc["results"] if r["status"] == "ok"}
+    assert survivor.node_name in ok_workers
+    assert broker.llen(personal) == 0
+    ledger.assert_at_most_once()
+    broker.close()

@@ -1,0 +1,58 @@
+"""fleet.affinity's pure parts: rendezvous choice and routing (a stand-in store)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fleet.affinity import FRESH_S, TTL_S, choose, personal_queue, routes, served_queues
+from fleet.errors import BackendError
+from fleet.inventory.hosts import Host
+
+
+class _Store:
+    def __init__(self, live: dict[str, list[str]] | None = None, fail: bool = False) -> None:
+        self.live = live or {}
+        self.fail = fail
+        self.asked: list[tuple[list[str], float]] = []
+
+    def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
+        self.asked.append((list(queues), min_left_s))
+        if self.fail:
+            raise BackendError("run store at redis://x unreachable")
+        return {q: self.live[q] for q in queues if q in self.live}
+
+
+def _hosts(n: int, queue: str | None = None) -> list[Host]:
+    return [Host(name=f"h{i:04d}", address="10.0.0.1", queue=queue) for i in range(n)]
+
+
+def test_choice_is_stable_and_moves_only_the_gone_workers_hosts() -> None:
+    three = [personal_queue(f"w{k}@n") for k in range(3)]
+    names = [f"h{i}" for i in range(600)]
+    before = {n: choose(n, three) for n in names}
+    assert before == {n: choose(n, list(reversed(three))) for n in names}
+    # Spread: each worker gets a fair share.
+    assert all(100 < list(before.values()).count(w) < 300 for w in three)
+    after = {n: choose(n, three[:2]) for n in names}
+    moved = [n for n in names if before[n] != after[n]]
+    assert moved and all(before[n] == three[2] for n in moved)
+
+
+def test_routes_only_where_two_or_more_workers_serve_the_queue() -> None:
+    store = _Store({"fleet": ["fleet.w.a@n", "fleet.w.b@n"], "dc2": ["fleet.w.c@n"]})
+    hosts = _hosts(20) + _hosts(5, queue="dc2")
+    got = routes(store, hosts, embedded=False)  # type: ignore[arg-type]
+    assert set(got) == {h.name for h in hosts[:20]}
+    assert set(got.values()) == {"fleet.w.a@n", "fleet.w.b@n"}
+    assert store.asked == [(["dc2", "fleet"], TTL_S - FRESH_S)]
+
+
+def test_no_routes_embedded_or_when_the_store_cannot_say() -> None:
+    hosts = _hosts(4)
+    live = {"fleet": ["fleet.w.a@n", "fleet.w.b@n"]}
+    assert routes(_Store(live), hosts, embedded=True) == {}  # type: ignore[arg-type]
+    assert routes(_Store(live, fail=True), hosts, embedded=False) == {}  # type: ignore[arg-type]
+
+
+def test_served_queues_leave_out_personal_ones() -> None:
+    assert served_queues({"fleet": 1, "dc1": 1, "fleet.w.a@n": 1}) == ["dc1", "fleet"]
