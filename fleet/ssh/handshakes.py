@@ -24,7 +24,8 @@ shared slot table (the run store: Redis, or the embedded SQLite history).
   worker killed in mid-handshake gives its slots back by itself. Once logged in, the
   slot stays taken `LINGER_S` more: sshd's listener counts a login as done only when
   its monitor process reports it, a moment after the client saw it succeed (measured
-  here: with no linger, 8 slots let 10+ be counted now and then under load).
+  on the test harness, 8 slots, a stock sshd: without the linger 2 runs in 10 lost a
+  host to `MaxStartups`, with it none in 14).
 - Waiters ask again after a jittered, growing pause (so workers do not retry in
   lockstep), and at once when a slot of their own process frees. Within a process at
   most `limit` threads per endpoint ask the shared table; the others wait locally.

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fleet.ssh.handshakes import LINGER_S
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import MakeFleet, SSHFleet
 from tests.integration.fleetcli import REPO, FleetCLI, fleet_env, statuses
@@ -189,5 +190,8 @@ def test_embedded_runs_count_their_handshakes_in_the_history(
     rc, doc = cli.run_json(["run", "true", "-g", "web"], timeout=120)
     assert rc == 0 and set(statuses(doc).values()) == {"ok"}, doc
     with sqlite3.connect(home / "history.sqlite3") as db:
-        # The embedded worker took a slot per handshake, and gave each back.
-        assert db.execute("SELECT count(*) FROM handshakes").fetchone() == (0,)
+        # The embedded worker took a slot per handshake, and gave each back (a given
+        # back slot lingers LINGER_S, then the next take purges it: some may be gone).
+        rows = db.execute("SELECT until FROM handshakes").fetchall()
+    assert 1 <= len(rows) <= len(ssh_fleet.hosts)
+    assert all(until <= time.time() + LINGER_S for (until,) in rows)
