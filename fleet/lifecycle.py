@@ -21,15 +21,14 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from fleet.actions import Action
 from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
-from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
+from fleet.errors import BackendError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
-from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
-from fleet.rollout import NO_ROLLOUT, Rollout, skipped_message
+from fleet.results import HostResult, RunReport, Status, utc_now
+from fleet.rollout import NO_ROLLOUT, Rollout
 from fleet.runenv import run_options
 from fleet.settings import DEFAULTS, Settings
 from fleet.store.protocol import RunStore
@@ -50,11 +49,6 @@ EXPIRED_MESSAGE = "run already finished when this host's task arrived"
 SAVE_RETRY_S = 20.0
 SAVE_RETRY_FIRST_DELAY_S = 0.2
 SAVE_RETRY_MAX_DELAY_S = 2.0
-
-#: A --fanout slot outlives its host's own limits by this much (seconds) before it frees
-#: itself; a slot whose options cannot be read is held this long.
-FANOUT_HOLD_MARGIN_S = 10.0
-DEFAULT_FANOUT_HOLD_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -226,22 +220,6 @@ def run_host_job(
     return result
 
 
-def take_fanout_slot(
-    store: RunStore, run_id: str, host: str, fanout: int, options: dict[str, Any]
-) -> bool:
-    """Take one of the run's `fanout` slots for `host` before it starts (`--fanout`).
-
-    The slot is held at most as long as the host can take (its connect, auth and
-    command timeouts, from the task's `options`, plus a margin): a worker killed while
-    holding it cannot keep it. Raises `BackendError`.
-    """
-    try:
-        hold_s = host_budget(ExecOptions.from_dict(options)) + FANOUT_HOLD_MARGIN_S
-    except (TypeError, ValueError, FleetError):
-        hold_s = DEFAULT_FANOUT_HOLD_S
-    return store.take_fanout_slot(run_id, host, max(1, fanout), hold_s)
-
-
 def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s: float) -> None:
     give_up = time.monotonic() + budget_s
     delay = SAVE_RETRY_FIRST_DELAY_S
@@ -351,48 +329,3 @@ def settle_run(store: RunStore, run_id: str) -> RunReport:
         return final
     run = store.get_run(run_id)
     return RunReport.assemble(run, list(store.results(run_id).values()))
-
-
-#: The claim name that marks batch K as published (never a host name: inventory names
-#: hold no control character), so a redelivered chord callback publishes a batch once.
-BATCH_CLAIM = "\x00batch:{}"
-
-
-def next_batch(store: RunStore, run_id: str, done: int, *, worker: str) -> int | None:
-    """After batch `done` (0-based) ended: the index of the batch to publish now, or None.
-
-    None when the run is not batched, was the last batch, is no longer running
-    (cancelled: its unstarted hosts are already `cancelled`), or when the hosts not
-    `ok` so far reached the run's `max_fail`: then every host of the later batches is
-    claimed and recorded `skipped`, so no message can start it afterwards. Called by
-    every delivery of a batch's chord callback; only the first gets the index.
-    Raises `BackendError`.
-    """
-    run = store.get_run(run_id)
-    following = done + 1
-    if following >= len(run.batches) or run.state != "running":
-        return None
-    if run.max_fail is not None:
-        started = {name for names in run.batches[:following] for name in names}
-        results = store.results(run_id)
-        not_ok = sum(1 for name in started if name in results and not results[name].ok)
-        if not_ok >= run.max_fail:
-            _skip_rest(store, run, following)
-            return None
-    if not store.claim_host(run_id, BATCH_CLAIM.format(following), worker):
-        return None
-    store.add_event(
-        run_id,
-        {"type": "batch", "index": str(following + 1), "count": str(len(run.batches))},
-    )
-    return following
-
-
-def _skip_rest(store: RunStore, run: RunRecord, first: int) -> None:
-    message = skipped_message(run)
-    addresses = {h.name: h.address for h in store.run_hosts(run.run_id)}
-    for names in run.batches[first:]:
-        for name in names:
-            if store.claim_host(run.run_id, name, FINALIZER):
-                result = HostResult.not_run(name, Status.SKIPPED, message, addresses.get(name, ""))
-                store.save_result(run.run_id, result)

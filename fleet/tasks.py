@@ -7,9 +7,10 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from fleet.batches import fanout_scope, next_batch, take_fanout_slot
 from fleet.canvas import AGGREGATE, RUN_ON_HOST, publish_batch
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import finalize_run, next_batch, run_host_job, take_fanout_slot
+from fleet.lifecycle import finalize_run, run_host_job
 from fleet.worker import (
     action_executor,
     exec_options,
@@ -55,7 +56,7 @@ def run_on_host(
         )
     finally:
         if fanout:
-            store.release_fanout_slot(run_id, name)
+            store.release_slot(fanout_scope(run_id), name)
     return {"host": result.host, "status": result.status.value}
 
 

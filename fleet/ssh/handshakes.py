@@ -63,17 +63,23 @@ MAX_RETRY_S = 0.5
 
 
 class HandshakeSlots(Protocol):
-    """The shared slot table (`RunStore.take_handshake_slot` and its release)."""
+    """The shared slot table (`RunStore.take_slot` / `release_slot`; an endpoint's scope
+    is `handshake_scope(endpoint)`)."""
 
-    def take_handshake_slot(self, endpoint: str, holder: str, limit: int, hold_s: float) -> bool:
-        """Take one of `endpoint`'s `limit` slots for `holder`, held at most `hold_s`
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+        """Take one of `scope`'s `limit` slots for `holder`, held at most `hold_s`
         seconds; False when all are taken. Raises `BackendError`."""
         ...
 
-    def release_handshake_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
+    def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
         """Give `holder`'s slot back `linger_s` seconds from now (0: at once; nothing if
         it holds none). Raises `BackendError`."""
         ...
+
+
+def handshake_scope(endpoint: str) -> str:
+    """The slot scope of an sshd endpoint (``address:port``)."""
+    return f"handshake:{endpoint}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +163,9 @@ class SharedLimiter:
     def release(self, token: HandshakeToken) -> None:
         try:
             if token.shared:
-                self._slots.release_handshake_slot(token.endpoint, token.holder, self._linger_s)
+                self._slots.release_slot(
+                    handshake_scope(token.endpoint), token.holder, self._linger_s
+                )
         except BackendError:
             pass  # the slot lapses by itself after its hold time
         finally:
@@ -193,7 +201,7 @@ class SharedLimiter:
         pause = self._first_retry_s
         while True:
             try:
-                if self._slots.take_handshake_slot(endpoint, holder, self._limit, hold_s):
+                if self._slots.take_slot(handshake_scope(endpoint), holder, self._limit, hold_s):
                     return HandshakeToken(endpoint, holder)
             except BackendError as exc:
                 self._say_store_down(exc)

@@ -10,7 +10,6 @@ Layout, every key under one prefix and every key with a TTL (the retention)::
     {prefix}:run:{id}:events         stream of progress events (approximate MAXLEN)
     {prefix}:run:{id}:report         string: JSON summary of the final report (counts);
                                      the report is the record and the results
-    {prefix}:run:{id}:fanout         sorted set: hosts holding a --fanout slot, until when
     {prefix}:run:{id}:env            string: JSON of the run's --env values (TTL: the
                                      run's deadline; deleted when the run finishes)
     {prefix}:claim:{id}:{hexhost}    string: the worker that claimed the host
@@ -18,9 +17,10 @@ Layout, every key under one prefix and every key with a TTL (the retention)::
     {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
     {prefix}:beat:{hexname}          hash: a schedule's last_slot, last_run_id, skipped
     {prefix}:beat:{hexname}:{slot}   string: the claim of one firing slot (first beat wins)
-    {prefix}:handshakes:{hexendpoint} sorted set: SSH handshakes in progress with one
-                                     sshd (fleet.ssh.handshakes), holder -> until when
-                                     (server time); expires with its last holder
+    {prefix}:slots:{hexscope}        sorted set: timed slots, holder -> until when (server
+                                     time), expiring with its last holder; scopes
+                                     ``fanout:{id}`` (a run's --fanout, fleet.rollout) and
+                                     ``handshake:{addr:port}`` (fleet.ssh.handshakes)
     {prefix}:workers:{hexqueue}      sorted set: the personal queues of the workers
                                      serving one queue, until when (server time;
                                      fleet.affinity, fleet.store.redis_affinity)
@@ -53,10 +53,9 @@ KeyKind = Literal[
     "host_runs",
     "beat",
     "beat_slot",
-    "fanout",
     "audit",
     "env",
-    "handshakes",
+    "slots",
 ]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -77,8 +76,8 @@ def key(prefix: str, kind: KeyKind, run_id: str = "", host: str = "") -> str:
         return f"{prefix}:runs"
     if kind == "audit":
         return f"{prefix}:audit"
-    if kind == "handshakes":
-        return f"{prefix}:handshakes:{host_token(host)}"
+    if kind == "slots":
+        return f"{prefix}:slots:{host_token(host)}"
     if kind == "host_runs":
         return f"{prefix}:host:{host_token(host)}:runs"
     if kind == "claim":

@@ -175,20 +175,14 @@ class RunStore(Protocol):
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         """The most recent runs, newest first; with `host`, only runs that targeted it."""
 
-    def take_fanout_slot(self, run_id: str, host: str, limit: int, hold_s: float) -> bool:
-        """Take one of the run's `limit` fan-out slots for `host` (fleet.rollout), held
-        at most `hold_s` seconds; False if all are taken. True again for its holder."""
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+        """Take one of `scope`'s `limit` slots for `holder`, held at most `hold_s` seconds
+        (a holder that dies frees it then), shared by every process using the store;
+        False if all are taken, True again for its holder. Scopes: ``fanout:RUN_ID``
+        (`fleet.rollout`), ``handshake:ADDRESS:PORT`` (`fleet.ssh.handshakes`)."""
 
-    def release_fanout_slot(self, run_id: str, host: str) -> None:
-        """Give `host`'s fan-out slot back (nothing if it holds none)."""
-
-    def take_handshake_slot(self, endpoint: str, holder: str, limit: int, hold_s: float) -> bool:
-        """Take one of `endpoint`'s `limit` SSH handshake slots (``address:port``,
-        `fleet.ssh.handshakes`) for `holder`, held at most `hold_s` seconds, shared by
-        every process using the store; False if all are taken."""
-
-    def release_handshake_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
-        """Give `holder`'s handshake slot back `linger_s` seconds from now (0: at once;
+    def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
+        """Give `holder`'s slot of `scope` back `linger_s` seconds from now (0: at once;
         nothing if it holds none)."""
 
     def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:

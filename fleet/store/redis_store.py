@@ -42,8 +42,7 @@ from fleet.store.redis_affinity import RedisAffinity
 from fleet.store.redis_audit import RedisAudit
 from fleet.store.redis_blobs import RedisBlobs
 from fleet.store.redis_env import RedisEnv
-from fleet.store.redis_fanout import RedisFanout
-from fleet.store.redis_handshakes import RedisHandshakes
+from fleet.store.redis_slots import RedisSlots
 from fleet.textsafe import exception_line
 
 CONNECT_TIMEOUT = 2.0
@@ -66,7 +65,7 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisRunStore(RedisFanout, RedisHandshakes, RedisAffinity, RedisAudit, RedisEnv, RedisBlobs):
+class RedisRunStore(RedisSlots, RedisAffinity, RedisAudit, RedisEnv, RedisBlobs):
     """Run records, claims, results, progress events and reports in Redis.
 
     `client` may be any `redis.Redis` (decoded responses or not). `from_url`

@@ -40,8 +40,7 @@ from fleet.store.sqlite_affinity import SqliteAffinity
 from fleet.store.sqlite_audit import SqliteAudit
 from fleet.store.sqlite_blobs import SqliteBlobs
 from fleet.store.sqlite_env import SqliteEnv
-from fleet.store.sqlite_fanout import SqliteFanout
-from fleet.store.sqlite_handshakes import SqliteHandshakes
+from fleet.store.sqlite_slots import SqliteSlots
 
 PRIVATE_FILE_MODE = 0o600
 POLL_S = 0.05  # how often a blocked `events` looks for rows written by another process
@@ -97,9 +96,7 @@ CREATE TABLE IF NOT EXISTS beat (
 _RUN_TABLES = ("run_hosts", "claims", "results", "events")
 
 
-class SqliteRunStore(
-    SqliteFanout, SqliteHandshakes, SqliteAffinity, SqliteAudit, SqliteEnv, SqliteBlobs
-):
+class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, SqliteBlobs):
     """Run history in one SQLite file. Thread-safe."""
 
     def __init__(

@@ -100,7 +100,7 @@ def test_a_hundred_hosts_behind_a_stock_jump_host_all_ok(
 
     client = redis.Redis.from_url(fresh_redis.url)
     time.sleep(2.5)
-    assert not list(client.scan_iter("fleet:handshakes:*"))
+    assert not list(client.scan_iter("fleet:slots:*"))
 
 
 HOLDER = """
@@ -109,7 +109,7 @@ from fleet.store import open_store
 from fleet.settings import Settings
 store = open_store(Settings.load())
 for i in range(2):
-    assert store.take_handshake_slot("10.0.0.1:22", f"dead{i}", 2, float(sys.argv[1]))
+    assert store.take_slot("handshake:10.0.0.1:22", f"dead{i}", 2, float(sys.argv[1]))
 print("held", flush=True)
 time.sleep(120)
 """
@@ -137,16 +137,16 @@ def kill_a_holder(env: dict[str, str], hold_s: float) -> float:
 
 
 def slots_free_themselves(store: Any, hold_s: float, killed_at: float) -> None:
-    assert not store.take_handshake_slot("10.0.0.1:22", "me", 2, 30)  # still held
-    assert store.take_handshake_slot("10.0.0.1:2222", "me", 2, 30)  # another sshd
-    while not store.take_handshake_slot("10.0.0.1:22", "me", 2, 30):
+    assert not store.take_slot("handshake:10.0.0.1:22", "me", 2, 30)  # still held
+    assert store.take_slot("handshake:10.0.0.1:2222", "me", 2, 30)  # another sshd
+    while not store.take_slot("handshake:10.0.0.1:22", "me", 2, 30):
         assert time.monotonic() - killed_at < hold_s + 10, "a dead holder's slot stayed taken"
         time.sleep(0.1)
-    assert store.take_handshake_slot("10.0.0.1:22", "me", 2, 30)  # its own: taken already
-    assert store.take_handshake_slot("10.0.0.1:22", "other", 2, 30)
-    assert not store.take_handshake_slot("10.0.0.1:22", "third", 2, 30)
-    store.release_handshake_slot("10.0.0.1:22", "me")
-    assert store.take_handshake_slot("10.0.0.1:22", "third", 2, 30)
+    assert store.take_slot("handshake:10.0.0.1:22", "me", 2, 30)  # its own: taken already
+    assert store.take_slot("handshake:10.0.0.1:22", "other", 2, 30)
+    assert not store.take_slot("handshake:10.0.0.1:22", "third", 2, 30)
+    store.release_slot("handshake:10.0.0.1:22", "me")
+    assert store.take_slot("handshake:10.0.0.1:22", "third", 2, 30)
 
 
 def test_a_killed_holders_slots_free_themselves_in_redis(fresh_redis: RedisServer) -> None:
@@ -158,7 +158,7 @@ def test_a_killed_holders_slots_free_themselves_in_redis(fresh_redis: RedisServe
     killed_at = kill_a_holder(env, hold_s=2.0)
     store = RedisRunStore.from_url(fresh_redis.url)
     client = redis.Redis.from_url(fresh_redis.url)
-    names = list(client.scan_iter("fleet:handshakes:*"))
+    names = list(client.scan_iter("fleet:slots:*"))
     assert len(names) == 1 and 0 < client.ttl(names[0]) <= 4  # expires with its holders
     try:
         slots_free_themselves(store, 2.0, killed_at)
@@ -192,6 +192,6 @@ def test_embedded_runs_count_their_handshakes_in_the_history(
     with sqlite3.connect(home / "history.sqlite3") as db:
         # The embedded worker took a slot per handshake, and gave each back (a given
         # back slot lingers LINGER_S, then the next take purges it: some may be gone).
-        rows = db.execute("SELECT until FROM handshakes").fetchall()
+        rows = db.execute("SELECT until FROM slots").fetchall()
     assert 1 <= len(rows) <= len(ssh_fleet.hosts)
     assert all(until <= time.time() + LINGER_S for (until,) in rows)

@@ -170,15 +170,15 @@ def test_redis_fanout_slots_free_themselves_and_expire(fresh_redis: RedisServer)
     hosts = tuple(Host(n, "127.0.0.1") for n in ("a", "b", "c"))
     run = RunRecord("r1", "true", "all", ("a", "b", "c"), utc_now(), time.time() + 60)
     store.create_run(run, hosts)
-    assert store.take_fanout_slot("r1", "a", 2, 30)
-    assert store.take_fanout_slot("r1", "b", 2, 0.2)
-    assert not store.take_fanout_slot("r1", "c", 2, 30)
+    assert store.take_slot("fanout:r1", "a", 2, 30)
+    assert store.take_slot("fanout:r1", "b", 2, 0.2)
+    assert not store.take_slot("fanout:r1", "c", 2, 30)
     time.sleep(0.3)  # b's holder "died": its slot frees itself
-    assert store.take_fanout_slot("r1", "c", 2, 30)
-    store.release_fanout_slot("r1", "a")
-    assert store.take_fanout_slot("r1", "b", 2, 30)
+    assert store.take_slot("fanout:r1", "c", 2, 30)
+    store.release_slot("fanout:r1", "a")
+    assert store.take_slot("fanout:r1", "b", 2, 30)
     client = redis.Redis.from_url(fresh_redis.url)
-    assert client.ttl("fleet:run:r1:fanout") > 0
+    assert client.ttl("fleet:slots:" + b"fanout:r1".hex()) > 0
     store.close()
 
 

@@ -40,7 +40,7 @@ class MemorySlots:
         self.down = False
         self.takes = 0
 
-    def take_handshake_slot(self, endpoint: str, holder: str, limit: int, hold_s: float) -> bool:
+    def take_slot(self, endpoint: str, holder: str, limit: int, hold_s: float) -> bool:
         if self.down:
             raise BackendError("run store at redis://x unreachable")
         with self.lock:
@@ -56,7 +56,7 @@ class MemorySlots:
             slots[holder] = now + hold_s
             return True
 
-    def release_handshake_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
+    def release_slot(self, endpoint: str, holder: str, linger_s: float = 0.0) -> None:
         if self.down:
             raise BackendError("run store at redis://x unreachable")
         with self.lock:
@@ -92,7 +92,7 @@ def test_at_most_limit_in_progress_across_processes() -> None:
     slots = MemorySlots()
     two = [SharedLimiter(slots, 3, linger_s=0), SharedLimiter(slots, 3, linger_s=0)]
     assert busy_run(two, 24) == 3
-    assert slots.held["a:22"] == {}  # every slot given back
+    assert slots.held["handshake:a:22"] == {}  # every slot given back
 
 
 def test_a_released_slot_lingers_while_sshd_counts_the_login() -> None:

@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet.batches import next_batch, take_fanout_slot
 from fleet.command import ExecOptions
 from fleet.errors import UsageError
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import (
-    ASSUMED_SLOTS,
-    RunRequest,
-    cancel_run,
-    default_deadline,
-    host_budget,
-    next_batch,
-    take_fanout_slot,
-)
+from fleet.lifecycle import ASSUMED_SLOTS, RunRequest, cancel_run, default_deadline, host_budget
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.rollout import Rollout, Size, parse_size
 from fleet.store.sqlite_store import SqliteRunStore
@@ -152,9 +145,9 @@ def test_fanout_slots_bound_hosts_in_flight_and_free_when_held_too_long(
     assert take_fanout_slot(store, "r1", "web02", 2, options)
     assert not take_fanout_slot(store, "r1", "web03", 2, options)
     assert take_fanout_slot(store, "r1", "web02", 2, options)  # its holder, again
-    store.release_fanout_slot("r1", "web01")
+    store.release_slot("fanout:r1", "web01")
     assert take_fanout_slot(store, "r1", "web03", 2, options)
     # A holder that died frees its slot once its hold time has passed.
-    assert store.take_fanout_slot("r1", "web04", 3, 0.05)
+    assert store.take_slot("fanout:r1", "web04", 3, 0.05)
     time.sleep(0.1)
-    assert store.take_fanout_slot("r1", "web05", 3, 60)
+    assert store.take_slot("fanout:r1", "web05", 3, 60)

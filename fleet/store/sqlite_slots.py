@@ -1,0 +1,71 @@
+"""Timed slots in SQLite (a mixin of `SqliteRunStore`): the rule of Redis
+(`fleet.store.redis_slots`): a slot is held until a time, so a holder that died frees
+it when that time passes. Every process using the same history file shares the slots;
+their clock is the machine's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import AbstractContextManager
+
+SLOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slots (
+    scope TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (scope, holder)
+);
+"""
+
+
+class SqliteSlots:
+    """`take_slot` / `release_slot` of the `RunStore` protocol."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.Lock
+    _slots_ready = False
+
+    def _guard(self) -> AbstractContextManager[None]:
+        raise NotImplementedError  # SqliteRunStore's
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _slots_table(self) -> None:
+        if not self._slots_ready:
+            self._conn.executescript(SLOTS_SCHEMA)
+            self._slots_ready = True
+
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+        now = time.time()
+        with self._guard(), self._lock:
+            self._slots_table()
+            with self._transaction() as conn:
+                conn.execute("DELETE FROM slots WHERE until <= ?", (now,))
+                held = conn.execute("SELECT holder FROM slots WHERE scope = ?", (scope,)).fetchall()
+                if (holder,) in held:
+                    return True
+                if len(held) >= limit:
+                    return False
+                conn.execute(
+                    "INSERT INTO slots (scope, holder, until) VALUES (?, ?, ?)",
+                    (scope, holder, now + hold_s),
+                )
+                return True
+
+    def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
+        with self._guard(), self._lock:
+            self._slots_table()
+            with self._transaction() as conn:
+                if linger_s > 0:
+                    conn.execute(
+                        "UPDATE slots SET until = ? WHERE scope = ? AND holder = ?",
+                        (time.time() + linger_s, scope, holder),
+                    )
+                else:
+                    conn.execute(
+                        "DELETE FROM slots WHERE scope = ? AND holder = ?", (scope, holder)
+                    )
