@@ -191,6 +191,8 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             FLEET_KNOWN_HOSTS=str(fleet.known_hosts),
             FLEET_HOME=str(tmp / "home"),
             FLEET_SSH_CONFIG="none",
+            # Opt-in: warm runs reuse every connection (README, "Host affinity").
+            FLEET_HOST_AFFINITY="1",
         )
         kex, engine = negotiated_kex(fleet)
         default_kex = openssh_default_kex()

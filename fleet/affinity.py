@@ -11,6 +11,9 @@ reuses a connection only when the host lands on the worker that opened it. Here:
   host to one of the live workers serving the host's queue by **rendezvous hashing**
   (highest-random-weight, `choose`): stable while the set of workers is, and when a
   worker goes or comes only its share of the hosts moves;
+- only with ``FLEET_HOST_AFFINITY=1`` (submitters, and workers, which publish later
+  batches): a host hashed to a busy worker waits for it while another worker may idle,
+  the price of reusing its connection; by default every host goes to its plain queue;
 - a queue with fewer than two live workers is used as before (one worker gets every
   host anyway), so are the embedded mode and a store without registrations;
 - **failover**: a worker gone before the run (no heartbeat for `FRESH_S`) gets no
@@ -68,11 +71,18 @@ def choose(host: str, workers: Sequence[str]) -> str:
     return max(workers, key=weight)
 
 
-def routes(store: RunStore, hosts: Iterable[Host], *, embedded: bool) -> dict[str, str]:
+def routes(
+    store: RunStore, hosts: Iterable[Host], *, embedded: bool, enabled: bool
+) -> dict[str, str]:
     """Host name -> personal queue, for the hosts whose queue has two or more live
     workers; other hosts are absent (they go to their plain queue). Never raises: a
-    store that cannot say means no affinity (the run itself will meet the error)."""
-    if embedded:
+    store that cannot say means no affinity (the run itself will meet the error).
+
+    Only when `enabled` (``FLEET_HOST_AFFINITY``): a host routed to a worker waits for
+    that worker even when another is idle, so one slow host can hold up the hosts
+    hashed behind it on a busy worker. Off by default: no host waits behind a busy slot.
+    """
+    if embedded or not enabled:
         return {}
     by_queue: dict[str, list[str]] = {}
     for host in hosts:

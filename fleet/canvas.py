@@ -95,7 +95,9 @@ def callback_queue(hosts: tuple[Host, ...], *, embedded: bool) -> str:
     return DEFAULT_QUEUE if DEFAULT_QUEUE in queues or not queues else queues[0]
 
 
-def publish_batch(store: RunStore, run_id: str, batch: int, *, embedded: bool, app: Any) -> None:
+def publish_batch(
+    store: RunStore, run_id: str, batch: int, *, embedded: bool, app: Any, affinity_on: bool
+) -> None:
     """Publish batch `batch` (0-based) of a recorded run, as `submit_run` published the
     first: the hosts and options come from the run store. Raises `BackendError`."""
     run = store.get_run(run_id)
@@ -108,5 +110,5 @@ def publish_batch(store: RunStore, run_id: str, batch: int, *, embedded: bool, a
         options=ExecOptions.from_dict(run.options),
         schedule=run.schedule,
     )
-    routes = affinity.routes(store, hosts, embedded=embedded)
+    routes = affinity.routes(store, hosts, embedded=embedded, enabled=affinity_on)
     build_canvas(run, request, embedded=embedded, app=app, batch=batch, routes=routes).apply_async()

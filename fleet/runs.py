@@ -112,7 +112,9 @@ def submit_run(
             first = set(run.batches[0])
             request = replace(request, hosts=tuple(h for h in request.hosts if h.name in first))
         # Each host to the worker holding its connection, when several serve its queue.
-        routes = affinity.routes(store, request.hosts, embedded=embedded)
+        routes = affinity.routes(
+            store, request.hosts, embedded=embedded, enabled=settings.host_affinity
+        )
         build_canvas(run, request, embedded=embedded, app=app, routes=routes).apply_async()
         _release_subscriptions(app)
     except BaseException as exc:

@@ -47,6 +47,7 @@ class Settings:
     signing_cert_store: str = ""  # directory of trusted signers' certificates (workers)
     # Live SSH transports kept per worker process: a warm run of 2,000 hosts over two
     # workers (about 1,000 each by fleet.affinity) keeps them all (bench/README.md).
+    host_affinity: bool = False  # route each host to the worker holding its connection
     pool_size: int = 1500
     pool_idle_ttl: float = 300.0
     # SSH handshakes in progress at once per sshd (address:port), across all workers

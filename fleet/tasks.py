@@ -70,8 +70,14 @@ def aggregate(
     if batch is not None:
         following = next_batch(store, run_id, int(batch), worker=str(self.request.hostname))
         if following is not None:
+            settings = worker_settings()
             publish_batch(
-                store, run_id, following, embedded=worker_settings().is_embedded, app=self.app
+                store,
+                run_id,
+                following,
+                embedded=settings.is_embedded,
+                app=self.app,
+                affinity_on=settings.host_affinity,
             )
     report = finalize_run(store, run_id)
     return {"run_id": run_id, "finished": report is not None}

@@ -23,6 +23,7 @@ from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 def _cli(server: RedisServer, fleet: SSHFleet, tmp_path: Path) -> FleetCLI:
     env = fleet_env(server.url, fleet.known_hosts, tmp_path / "home")
+    env["FLEET_HOST_AFFINITY"] = "1"
     return FleetCLI(fleet.write_inventory(tmp_path / "inventory.yaml"), env)
 
 

@@ -41,7 +41,7 @@ def test_choice_is_stable_and_moves_only_the_gone_workers_hosts() -> None:
 def test_routes_only_where_two_or_more_workers_serve_the_queue() -> None:
     store = _Store({"fleet": ["fleet.w.a@n", "fleet.w.b@n"], "dc2": ["fleet.w.c@n"]})
     hosts = _hosts(20) + _hosts(5, queue="dc2")
-    got = routes(store, hosts, embedded=False)  # type: ignore[arg-type]
+    got = routes(store, hosts, embedded=False, enabled=True)  # type: ignore[arg-type]
     assert set(got) == {h.name for h in hosts[:20]}
     assert set(got.values()) == {"fleet.w.a@n", "fleet.w.b@n"}
     assert store.asked == [(["dc2", "fleet"], TTL_S - FRESH_S)]
@@ -50,8 +50,10 @@ def test_routes_only_where_two_or_more_workers_serve_the_queue() -> None:
 def test_no_routes_embedded_or_when_the_store_cannot_say() -> None:
     hosts = _hosts(4)
     live = {"fleet": ["fleet.w.a@n", "fleet.w.b@n"]}
-    assert routes(_Store(live), hosts, embedded=True) == {}  # type: ignore[arg-type]
-    assert routes(_Store(live, fail=True), hosts, embedded=False) == {}  # type: ignore[arg-type]
+    assert routes(_Store(live), hosts, embedded=True, enabled=True) == {}  # type: ignore[arg-type]
+    # Off unless asked (FLEET_HOST_AFFINITY): no host waits behind a busy worker.
+    assert routes(_Store(live), hosts, embedded=False, enabled=False) == {}  # type: ignore[arg-type]
+    assert routes(_Store(live, fail=True), hosts, embedded=False, enabled=True) == {}  # type: ignore[arg-type]
 
 
 def test_served_queues_leave_out_personal_ones() -> None:
