@@ -192,7 +192,9 @@ def run_host_job(
     """
     # Claim first, then look at the run: whoever holds the claim alone decides the
     # host's fate, so a cancel or the deadline can never label a host that ran.
-    if not store.claim_host(run_id, host.name, worker):
+    # One step (`RunStore.start_host`): claim, is the run live, the `started` event.
+    started = store.start_host(run_id, host.name, worker, time.time())
+    if started == "taken":
         # Another delivery of this message, or the run's finalizer, owns the host; its
         # result (or the deadline's `lost`) is the one that counts: nothing stored here.
         with contextlib.suppress(BackendError):
@@ -205,11 +207,8 @@ def run_host_job(
             worker=worker,
             finished_at=utc_now(),
         )
-    if not store.is_live(run_id):
+    if started != "started":
         return _refuse_dead_run(store, run_id, host, worker)
-    # A progress event is worth less than the run: the host is claimed, so go on.
-    with contextlib.suppress(BackendError):
-        store.add_event(run_id, {"type": "started", "host": host.name, "worker": worker})
     # The run's --env values come from the store by run id, never from the message.
     prepared = run_options(store, run_id, host, options)
     if isinstance(prepared, HostResult):

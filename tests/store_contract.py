@@ -106,6 +106,22 @@ class StoreContract:
         assert store.claim_host(run.run_id, "db", "w1")
         assert store.claim_host(run.run_id, "web01", "w1")  # still free: nothing shadowed it
 
+    def test_start_host_claims_checks_and_announces_in_one_step(
+        self, started: tuple[RunStore, RunRecord]
+    ) -> None:
+        store, run = started
+        now = time.time()
+        assert store.start_host(run.run_id, COLON_HOST, "w1", now) == "started"
+        assert store.start_host(run.run_id, COLON_HOST, "w2", now) == "taken"
+        assert not store.claim_host(run.run_id, COLON_HOST, "w3")
+        events = [e for _, e in store.events(run.run_id) if e.get("type") == "started"]
+        assert events == [{"type": "started", "host": COLON_HOST, "worker": "w1"}]
+        # Past the deadline (or once not running): claimed, so no one else runs it, but
+        # not started.
+        assert store.start_host(run.run_id, "web01", "w1", run.deadline + 1) == "not_live"
+        assert not store.claim_host(run.run_id, "web01", "w2")
+        assert store.start_host("nope", "web01", "w1", now) == "not_live"
+
     def test_claims_race_between_threads(self, started: tuple[RunStore, RunRecord]) -> None:
         store, run = started
         wins: list[bool] = []

@@ -34,6 +34,7 @@ from fleet.store.protocol import (
     not_found_message,
     read_run,
     result_event,
+    start_in_steps,
     stored_result,
 )
 from fleet.store.sqlite_affinity import SqliteAffinity
@@ -227,6 +228,9 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
                 (run_id, host, worker),
             )
         return cursor.rowcount == 1
+
+    def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
+        return start_in_steps(self, run_id, host, worker, now)
 
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         with self._guard(), self._lock:

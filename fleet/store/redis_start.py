@@ -1,0 +1,54 @@
+"""A host's start in one Redis round trip (a mixin of `RedisRunStore`): the claim, the
+run's liveness and the ``started`` progress event, which `fleet.lifecycle.run_host_job`
+used to ask in three. Same semantics as the three calls in that order (the claim first:
+whoever holds it alone decides the host's fate).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+from fleet.store import keys
+
+# KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host.
+START_HOST_LUA = f"""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 'taken'
+end
+local run = redis.call('HMGET', KEYS[2], 'state', 'deadline', 'events_max')
+if run[1] ~= 'running' or not run[2] or tonumber(ARGV[3]) >= tonumber(run[2]) then
+  return 'not_live'
+end
+local bound = tonumber(run[3] or '') or {keys.MIN_EVENTS}
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', bound, '*',
+           'type', 'started', 'host', ARGV[4], 'worker', ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 'started'
+"""
+
+
+class RedisStart:
+    """`start_host` of the `RunStore` protocol."""
+
+    _client: Any
+    _retention: int
+    _start_host: Any = None
+
+    def _guard(self) -> AbstractContextManager[None]:
+        raise NotImplementedError  # RedisRunStore's
+
+    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
+        raise NotImplementedError
+
+    def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
+        if self._start_host is None:
+            self._start_host = self._client.register_script(START_HOST_LUA)
+        names = [
+            self._key("claim", run_id, host),
+            self._key("run", run_id),
+            self._key("events", run_id),
+        ]
+        with self._guard():
+            outcome = self._start_host(keys=names, args=[worker, self._retention, now, host])
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
