@@ -97,7 +97,14 @@ class AuditEntry:
             host_count=len(run.hosts),
             signer=signer,
             schedule=run.schedule,
-            options=run.options,
+            # What shapes the run besides the command: its rollout and deadline too.
+            options={
+                **run.options,
+                "batches": len(run.batches) or None,
+                "max_fail": run.max_fail,
+                "fanout": run.fanout,
+                "deadline": run.deadline,
+            },
         )
 
     @property

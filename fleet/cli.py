@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +42,7 @@ EXIT_INTERNAL = 70
 
 def main(argv: Sequence[str] | None = None) -> int:
     _escape_unencodable_output()
+    _say_warnings()
     parser = build_parser(_HANDLERS)
     try:
         args = parser.parse_args(argv)
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fleet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if args.debug:
+        if args.debug or os.environ.get("FLEET_DEBUG", "").lower() in ("1", "true", "yes", "on"):
             raise
         print(
             f"fleet: internal error: {type(exc).__name__}: {exception_line(exc)} "
@@ -69,6 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_exit() -> None:
     sys.exit(main())
+
+
+def _say_warnings() -> None:
+    """fleet's own warnings (an unreadable record skipped, a late result in embedded
+    mode) as ``fleet: warning: ...`` lines on stderr, not Python's bare last-resort
+    output; other libraries' log records stay out of the command's output."""
+    logger = logging.getLogger("fleet")
+    if any(getattr(h, "fleet_cli", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("fleet: warning: %(message)s"))
+    handler.fleet_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False  # once, even if a library configures the root logger
 
 
 def _escape_unencodable_output() -> None:

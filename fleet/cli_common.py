@@ -17,6 +17,7 @@ from typing import Any
 from fleet.errors import EXIT_INTERRUPTED, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE
 from fleet.settings import Settings
+from fleet.stdin_env import INLINE_ENV, payload
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -103,7 +104,11 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
                 if sep
                 else "--env: expected NAME=VALUE with NAME a shell identifier"
             )
+        if name in INLINE_ENV:
+            raise UsageError(f"--env {name}: fleet sets {name} for each host; use another name")
         env[name] = value
+    # The values' size and NUL bytes are known now: refuse before anything runs.
+    payload(env, "-" * 32)
     return env
 
 
@@ -161,13 +166,14 @@ def run_request(args: argparse.Namespace, command: str) -> tuple[Settings, Any]:
     from fleet.lifecycle import RunRequest, chosen_timeouts, fit_timeouts
     from fleet.rollout import Rollout
 
+    if args.sudo_user and not args.sudo:
+        raise UsageError(f"--sudo-user {args.sudo_user}: needs --sudo (it says whom sudo runs as)")
     settings = settings_from(
         args,
         command_timeout=args.timeout,
         connect_timeout=args.connect_timeout,
         deadline=args.deadline,
         accept_new_host_keys=args.accept_new_host_keys,
-        debug=args.debug or None,
     )
     hosts = select(args.group, settings)
     env = parse_env(args.env)

@@ -7,6 +7,7 @@ heavy, so ``fleet --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -325,7 +326,7 @@ def _positive_number(convert: Callable[[str], Any], what: str) -> Callable[[str]
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
 

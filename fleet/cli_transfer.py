@@ -42,10 +42,12 @@ def _check_source(path: Path, limit: int, *, what: str, allow_empty: bool) -> tu
     if not path.exists():
         raise UsageError(f"{what} {path}: no such file")
     if path.is_dir():
-        raise UsageError(
-            f"{what} {path}: is a directory (copy one file at a time; "
-            "for a tree, copy an archive and unpack it with fleet run)"
+        hint = (
+            "copy one file at a time; for a tree, copy an archive and unpack it with fleet run"
+            if what == "copy"
+            else "give the script file itself"
         )
+        raise UsageError(f"{what} {path}: is a directory ({hint})")
     if not path.is_file():
         raise UsageError(f"{what} {path}: not a regular file")
     try:

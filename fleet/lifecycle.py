@@ -90,8 +90,18 @@ def run_deadline_s(request: RunRequest) -> float:
     deadline_s = request.deadline_s or default_deadline(
         request.options, len(request.hosts), request.rollout
     )
+    if not math.isfinite(deadline_s) or deadline_s <= 0:
+        raise UsageError(f"deadline {deadline_s!r}: expected a positive number of seconds")
     if deadline_s > MAX_DEADLINE_S:
-        raise UsageError(f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s")
+        if request.deadline_s:
+            raise UsageError(
+                f"--deadline {deadline_s:.0f}s is above the limit of {MAX_DEADLINE_S}s"
+            )
+        raise UsageError(
+            f"the run's deadline derived from its timeouts, host count and batches "
+            f"({deadline_s:.0f}s) is above the limit of {MAX_DEADLINE_S}s: lower --timeout, "
+            "use fewer or larger batches, or give --deadline"
+        )
     budget = host_budget(request.options)
     if deadline_s < budget:
         raise UsageError(
@@ -110,14 +120,21 @@ TIMEOUT_SOURCES = {
 }
 #: A command timeout shrunk to fit a deadline keeps at least this much (seconds).
 MIN_FITTED_COMMAND_S = 1.0
+#: Timeouts shrunk to fit a deadline leave this share of it (at most the cap, seconds)
+#: for the rest of a host's work (its task's start, the result's save): a host stopped
+#: at its own timeout reports `timeout` before the deadline would call it `lost`.
+FIT_MARGIN_SHARE = 0.1
+FIT_MARGIN_MIN_S = 3.0  # the task's start, a timed-out command's kill (~1 s), the save
+FIT_MARGIN_MAX_S = 5.0
 
 
 def fit_timeouts(
     options: ExecOptions, deadline_s: float | None, explicit: Collection[str]
 ) -> ExecOptions:
     """`options` with the timeouts the user did not choose shrunk so one host's limits
-    fit a deadline the user chose (`deadline_s`, seconds): ``--deadline 60`` alone runs
-    with a 40 s command timeout instead of being refused for the 300 s default.
+    fit a deadline the user chose (`deadline_s`, seconds), less a margin
+    (`FIT_MARGIN_SHARE`, at most `FIT_MARGIN_MAX_S`): ``--deadline 60`` alone runs with a
+    35 s command timeout instead of being refused for the 300 s default.
 
     The command timeout gives way first; only when that is not enough do the connect and
     auth timeouts shrink too, in proportion. `explicit` names the `TIMEOUT_SOURCES` keys
@@ -129,7 +146,9 @@ def fit_timeouts(
         return options
     chosen = {name: getattr(options, name) for name in TIMEOUT_SOURCES if name in explicit}
     free = {name: getattr(options, name) for name in TIMEOUT_SOURCES if name not in explicit}
-    room = deadline_s - sum(chosen.values())
+    share = max(FIT_MARGIN_MIN_S, FIT_MARGIN_SHARE * deadline_s)
+    margin = min(FIT_MARGIN_MAX_S, share, deadline_s / 2) if free else 0.0
+    room = deadline_s - sum(chosen.values()) - margin
     if not free or room <= 0:
         said = " + ".join(f"{TIMEOUT_SOURCES[n]} {v:g}s" for n, v in chosen.items())
         raise UsageError(

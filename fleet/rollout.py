@@ -52,7 +52,7 @@ def parse_size(text: str, option: str) -> Size:
     raw = text.strip()
     percent = raw.endswith("%")
     digits = raw[:-1] if percent else raw
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         raise UsageError(f"{option} {text!r}: expected a whole number or a percentage (N or N%)")
     value = int(digits)
     if value < 1:
@@ -76,6 +76,8 @@ class Rollout:
             raise UsageError(f"--fanout {self.fanout}: must be at least 1")
         if self.order not in BATCH_ORDERS:
             raise UsageError(f"--batch-order {self.order!r}: expected inventory or random")
+        if self.order != "inventory" and self.batch is None:
+            raise UsageError(f"--batch-order {self.order} needs --batch")
 
     def plan(self, hosts: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         """The batches, in the order they run; () when the run is not batched."""
@@ -104,4 +106,6 @@ NO_ROLLOUT = Rollout()
 
 
 def skipped_message(run: RunRecord) -> str:
-    return f"not started: an earlier batch crossed --max-fail {run.max_fail}"
+    # max_fail is the count a share was turned into: say it as a count of hosts.
+    hosts = "host" if run.max_fail == 1 else "hosts"
+    return f"not started: {run.max_fail} {hosts} not ok reached the run's --max-fail"

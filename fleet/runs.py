@@ -103,7 +103,12 @@ def submit_run(
     _audit_submit(store, run, who=who, signer=signer)
     # Before the record exists, so no worker can start a host without its values.
     stage_run_env(store, run.run_id, request.options, deadline_s)
-    store.create_run(run, request.hosts)
+    try:
+        store.create_run(run, request.hosts)
+    except BaseException:
+        with contextlib.suppress(FleetError):
+            store.drop_env(run.run_id)  # no run to need them: not kept until they expire
+        raise
     try:
         if run.batches:
             store.add_event(

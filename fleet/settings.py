@@ -7,6 +7,7 @@ variable > the default here. Other modules receive values; they never read
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -19,7 +20,8 @@ ENV_PREFIX = "FLEET_"
 DAY = 86400
 
 
-def _default_home() -> str:
+def default_home() -> str:
+    """fleet's own directory when ``FLEET_HOME`` is not set (XDG data home)."""
     return os.path.join(os.path.expanduser("~"), ".local", "share", "fleet")
 
 
@@ -58,7 +60,6 @@ class Settings:
     transfer_limit: int = 64 << 20  # bytes: largest file script/copy/fetch moves (staged)
     watchdog_interval: float = 10.0  # how often each worker finishes overdue runs
     prefix: str = "fleet"  # every Redis key starts with this
-    debug: bool = False
 
     @property
     def is_embedded(self) -> bool:
@@ -98,7 +99,7 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         settings = cls(**values)
         if not settings.home:
-            settings = _replace(settings, home=_default_home())
+            settings = _replace(settings, home=default_home())
         if not settings.known_hosts:
             settings = _replace(settings, known_hosts=str(Path(settings.home) / "known_hosts"))
         if (
@@ -111,6 +112,9 @@ class Settings:
             settings = _replace(settings, store_url=settings.result_backend)
         return settings
 
+
+#: Integer settings where 0 means "no limit" or "off"; every other one must be above 0.
+ZERO_MEANS_OFF = frozenset({"inventory_max_bytes", "handshakes_per_target"})
 
 #: Every default, in one place: other modules read theirs from here.
 DEFAULTS = Settings()
@@ -134,14 +138,21 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
                 return False
             raise ValueError(raw)
         if kind.startswith("int"):
-            return int(raw)
+            number = int(raw)
+            if number < 0 or (number == 0 and name not in ZERO_MEANS_OFF):
+                raise ValueError(raw)
+            return number
         if kind.startswith("float"):
             value = float(raw)
-            if value <= 0:
+            if not math.isfinite(value) or value <= 0:
                 raise ValueError(raw)
             return value
     except ValueError:
-        raise ConfigError(f"{var}: expected {kind.split(' ')[0]}, got {raw!r}") from None
+        kind_said = kind.split(" ")[0]
+        if kind_said in ("int", "float"):
+            floor = "0 or more" if name in ZERO_MEANS_OFF else "above 0"
+            kind_said = f"a {'whole ' if kind_said == 'int' else ''}number {floor}"
+        raise ConfigError(f"{var}: expected {kind_said}, got {raw!r}") from None
     return raw
 
 

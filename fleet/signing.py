@@ -205,8 +205,8 @@ def create_keys(
             raise UsageError(f"{directory}: not a directory")
         if mode & 0o077:
             raise UsageError(
-                f"{directory}: others can enter it (mode {mode:04o}); use a private "
-                f"directory (chmod 700 {directory}) or a new one"
+                f"{directory}: others can enter it (mode {mode:04o}); name a new directory "
+                f"(e.g. {directory / 'fleet-keys'}), which fleet creates private (0700)"
             )
     else:
         directory.mkdir(mode=0o700, parents=True)

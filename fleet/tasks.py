@@ -19,9 +19,11 @@ from fleet.worker import (
     worker_store,
 )
 
-#: At most this long (seconds, doubled at random) before a task waiting for one of its
-#: run's --fanout slots asks again.
-FANOUT_RETRY_S = 0.5
+#: Seconds (doubled at random) before a task waiting for one of its run's --fanout slots
+#: asks again, growing by the step per retry up to the most: a long wait asks less often.
+FANOUT_RETRY_S = 0.2
+FANOUT_RETRY_STEP_S = 0.05
+FANOUT_RETRY_MAX_S = 1.0
 
 
 # shared_task: registered on every fleet app (the worker's, and one made for explicit
@@ -42,7 +44,9 @@ def run_on_host(
     if fanout and not take_fanout_slot(store, run_id, name, int(fanout), options):
         # Every slot of the run's --fanout is taken: come back later, holding no worker
         # slot meanwhile. The message's expiry (the run's deadline) still bounds it.
-        raise self.retry(countdown=FANOUT_RETRY_S * (1 + random.random()))
+        tries = int(self.request.retries or 0)
+        pause = min(FANOUT_RETRY_MAX_S, FANOUT_RETRY_S + FANOUT_RETRY_STEP_S * tries)
+        raise self.retry(countdown=pause * (1 + random.random()))
     try:
         result = run_host_job(
             store,

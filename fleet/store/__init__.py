@@ -13,12 +13,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fleet.settings import Settings
+from fleet.errors import ConfigError
+from fleet.settings import Settings, default_home
 from fleet.store.protocol import RunStore
 
 __all__ = ["HISTORY_FILE", "RunStore", "open_store"]
 
 HISTORY_FILE = "history.sqlite3"
+
+
+def _private_home(home: Path) -> None:
+    """Create fleet's home 0700 (it holds the history and fleet's known_hosts). A
+    directory fleet did not create is left as it is (``FLEET_HOME=~`` must not lock
+    others out of a home), except fleet's default one. Raises `ConfigError`."""
+    try:
+        created = not home.exists()
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not home.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        if (created or str(home) == default_home()) and home.stat().st_uid == os.getuid():
+            home.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(f"FLEET_HOME {home}: {exc.strerror or exc}") from exc
 
 
 def open_store(settings: Settings) -> RunStore:
@@ -31,10 +47,7 @@ def open_store(settings: Settings) -> RunStore:
     if settings.is_embedded or not settings.store_url:
         from fleet.store.sqlite_store import SqliteRunStore
 
-        home = Path(settings.home)
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if home.stat().st_uid == os.getuid():
-            home.chmod(0o700)  # fleet's home holds the history and its own known_hosts
+        _private_home(Path(settings.home))
         return SqliteRunStore(
             Path(settings.home) / HISTORY_FILE,
             retention=settings.retention,
