@@ -120,12 +120,18 @@ def _failures(doc: _Doc, failed: Sequence[HostResult], verbose: bool) -> None:
 
 
 def _host_table(doc: _Doc, report: RunReport) -> None:
-    rows = [("HOST", "STATUS", "EXIT", "DURATION", "WORKER", "REUSED", "ADDRESS")]
+    batched = bool(report.run.batches)  # a rolling run: which batch each host was in
+    batch = {name: i for i, names in enumerate(report.run.batches, start=1) for name in names}
+    rows: list[tuple[str, ...]] = [
+        ("HOST", "STATUS", *(["BATCH"] if batched else []), "EXIT", "DURATION", "WORKER",
+         "REUSED", "ADDRESS")
+    ]  # fmt: skip
     for r in report.results:
         rows.append(
             (
                 make_visible_line(r.host),
                 r.status.value,
+                *([str(batch.get(r.host, "-"))] if batched else []),
                 "-" if r.exit_code is None else str(r.exit_code),
                 format_seconds(r.duration_s),
                 make_visible_line(r.worker or "-"),

@@ -151,3 +151,28 @@ def test_fanout_slots_bound_hosts_in_flight_and_free_when_held_too_long(
     assert store.take_slot("fanout:r1", "web04", 3, 0.05)
     time.sleep(0.1)
     assert store.take_slot("fanout:r1", "web05", 3, 60)
+
+
+def test_the_verbose_host_table_says_each_hosts_batch_in_a_rolling_run() -> None:
+    from fleet import report as render
+    from fleet.results import RunReport
+
+    run = RunRecord(
+        "r1", "uptime", "web", NAMES[:3], utc_now(), time.time(),
+        batches=(NAMES[:2], NAMES[2:3]), max_fail=1,
+    )  # fmt: skip
+    results = [result(NAMES[0], Status.OK), result(NAMES[1], Status.FAILED)]
+    results.append(HostResult.not_run(NAMES[2], Status.SKIPPED, "not started"))
+    lines = render.render_text(RunReport.assemble(run, results), verbose=True).splitlines()
+    header = next(line for line in lines if line.startswith("HOST"))
+    assert header.split()[:3] == ["HOST", "STATUS", "BATCH"]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("web0")}
+    assert rows["web03"][1:3] == ["skipped", "2"] and rows["web01"][1:3] == ["ok", "1"]
+    unbatched = RunReport.assemble(replace_batches(run), results[:2])
+    assert "BATCH" not in render.render_text(unbatched, verbose=True)
+
+
+def replace_batches(run: RunRecord) -> RunRecord:
+    from dataclasses import replace
+
+    return replace(run, batches=(), max_fail=None)
