@@ -9,10 +9,10 @@ Times are Redis's own (``TIME``), never a worker's or the submitter's clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 #: A registration key outlives its last heartbeat by this much (every key has a TTL).
 KEY_TTL_S = 3600
@@ -51,17 +51,13 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class RedisAffinity:
+class RedisAffinity(RedisPart):
     """`register_worker`, `unregister_worker`, `live_workers`, `expired_workers` of the
     `RunStore` protocol."""
 
-    _client: Any
     _prefix: str
     _register: Any = None
     _select: Any = None
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's
 
     def _workers_key(self, queue: str) -> str:
         return f"{self._prefix}:workers:{keys.host_token(queue)}"

@@ -14,12 +14,12 @@ entry that is not a well-formed `AuditEntry` (`fleet.audit.decode_entries`).
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
 from typing import Any
 
 from fleet.audit import AuditEntry, decode_entries
 from fleet.settings import DEFAULTS
 from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 # KEYS[1] the audit stream. ARGV: retention seconds, the entry's JSON.
 APPEND_AUDIT_LUA = """
@@ -39,18 +39,11 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-class RedisAudit:
+class RedisAudit(RedisPart):
     """`append_audit` / `audit_entries` of the `RunStore` protocol."""
 
-    _client: Any
     _audit_retention: int = DEFAULTS.audit_retention
     _append_audit: Any = None
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's own
-
-    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
-        raise NotImplementedError  # RedisRunStore's own
 
     def append_audit(self, entry: AuditEntry) -> None:
         if self._append_audit is None:

@@ -12,23 +12,14 @@ as `RedisRunStore.from_url` builds it.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Any
-
 from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 
-class RedisBlobs:
+class RedisBlobs(RedisPart):
     """`blob_put_chunk` / `blob_chunk` / `blob_delete` of the `RunStore` protocol."""
 
-    _client: Any
     _retention: int
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's
-
-    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
-        raise NotImplementedError
 
     def _blob_key(self, run_id: str, name: str) -> str:
         return f"{self._key('run', run_id)}:blob:{keys.host_token(name)}"

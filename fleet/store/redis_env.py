@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 
 def decode_env(raw: Any) -> dict[str, str] | None:
@@ -37,17 +37,10 @@ def ttl_seconds(ttl_s: float, retention: int) -> int:
     return max(1, min(int(retention), math.ceil(ttl_s)))
 
 
-class RedisEnv:
+class RedisEnv(RedisPart):
     """`stage_env` / `staged_env` / `drop_env` of the `RunStore` protocol."""
 
-    _client: Any
     _retention: int
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's
-
-    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
-        raise NotImplementedError
 
     def stage_env(self, run_id: str, values: Mapping[str, str], ttl_s: float) -> None:
         key = self._key("env", run_id)

@@ -9,10 +9,9 @@ Redis's own (``TIME``), not a worker's clock. The key expires with its last hold
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Any
 
-from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 # KEYS[1] the scope's set. ARGV: holder, limit, hold seconds.
 TAKE_SLOT_LUA = """
@@ -47,18 +46,11 @@ return 1
 """
 
 
-class RedisSlots:
+class RedisSlots(RedisPart):
     """`take_slot` / `release_slot` of the `RunStore` protocol."""
 
-    _client: Any
     _take_slot: Any = None
     _release_slot: Any = None
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's
-
-    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
-        raise NotImplementedError
 
     def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
         if self._take_slot is None:

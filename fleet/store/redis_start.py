@@ -6,10 +6,10 @@ whoever holds it alone decides the host's fate).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Any
 
 from fleet.store import keys
+from fleet.store.parts import RedisPart
 
 # KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host.
 START_HOST_LUA = f"""
@@ -28,18 +28,11 @@ return 'started'
 """
 
 
-class RedisStart:
+class RedisStart(RedisPart):
     """`start_host` of the `RunStore` protocol."""
 
-    _client: Any
     _retention: int
     _start_host: Any = None
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # RedisRunStore's
-
-    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
-        raise NotImplementedError
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
         if self._start_host is None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fleet.store.parts import SqlitePart
 
-class SqliteAffinity:
+
+class SqliteAffinity(SqlitePart):
     """`register_worker`, `unregister_worker`, `live_workers`, `expired_workers` of the
     `RunStore` protocol: nothing registered, so no affinity."""
 

@@ -10,14 +10,13 @@ Reading skips, with a warning naming its row id, a row that is not a well-formed
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from contextlib import AbstractContextManager
 
 from fleet.audit import AuditEntry, decode_entries
 from fleet.settings import DEFAULTS
 from fleet.store.keys import dumps
+from fleet.store.parts import SqlitePart
 
 AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -29,16 +28,12 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 
 
-class SqliteAudit:
+class SqliteAudit(SqlitePart):
     """`append_audit` / `audit_entries` of the `RunStore` protocol."""
 
-    _conn: sqlite3.Connection
     _lock: threading.Lock
     _audit_retention: int = DEFAULTS.audit_retention
     _audit_ready = False
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # SqliteRunStore's own
 
     def _audit_table(self) -> None:
         if not self._audit_ready:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from contextlib import AbstractContextManager
+
+from fleet.store.parts import SqlitePart
 
 BLOB_SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -24,15 +25,11 @@ CREATE TABLE IF NOT EXISTS blobs (
 """
 
 
-class SqliteBlobs:
+class SqliteBlobs(SqlitePart):
     """`blob_put_chunk` / `blob_chunk` / `blob_delete` of the `RunStore` protocol."""
 
-    _conn: sqlite3.Connection
     _lock: threading.Lock
     _blobs_ready = False
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # SqliteRunStore's
 
     def _blob_table(self) -> None:
         if not self._blobs_ready:

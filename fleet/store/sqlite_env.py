@@ -9,13 +9,12 @@ and a checkpoint empties the WAL that still holds them.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 
 from fleet.store.keys import dumps
+from fleet.store.parts import SqlitePart
 from fleet.store.redis_env import decode_env
 
 ENV_SCHEMA = """
@@ -27,19 +26,11 @@ CREATE TABLE IF NOT EXISTS run_env (
 """
 
 
-class SqliteEnv:
+class SqliteEnv(SqlitePart):
     """`stage_env` / `staged_env` / `drop_env` of the `RunStore` protocol."""
 
-    _conn: sqlite3.Connection
     _lock: threading.Lock
-    _retention: int
     _env_ready = False
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # SqliteRunStore's
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
 
     def _env_table(self) -> None:
         if not self._env_ready:

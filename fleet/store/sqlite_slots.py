@@ -6,10 +6,10 @@ their clock is the machine's.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from contextlib import AbstractContextManager
+
+from fleet.store.parts import SqlitePart
 
 SLOTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -21,18 +21,11 @@ CREATE TABLE IF NOT EXISTS slots (
 """
 
 
-class SqliteSlots:
+class SqliteSlots(SqlitePart):
     """`take_slot` / `release_slot` of the `RunStore` protocol."""
 
-    _conn: sqlite3.Connection
     _lock: threading.Lock
     _slots_ready = False
-
-    def _guard(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # SqliteRunStore's
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
 
     def _slots_table(self) -> None:
         if not self._slots_ready:

@@ -1,0 +1,39 @@
+"""What the store's mixins (``redis_*``/``sqlite_*`` modules beside the two stores) may use
+of the store they are mixed into: declared once here for the type checker, defined by
+`RedisRunStore` and `SqliteRunStore` themselves."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import AbstractContextManager
+from typing import Any
+
+from fleet.store import keys
+
+
+class RedisPart:
+    """A part of `fleet.store.redis_store.RedisRunStore`."""
+
+    _client: Any
+    _retention: int
+
+    def _guard(self) -> AbstractContextManager[None]:
+        raise NotImplementedError  # RedisRunStore's: redis errors as BackendError
+
+    def _key(self, kind: keys.KeyKind, run_id: str = "", host: str = "") -> str:
+        raise NotImplementedError  # RedisRunStore's: the one place a key is spelled
+
+
+class SqlitePart:
+    """A part of `fleet.store.sqlite_store.SqliteRunStore`."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.Lock
+    _retention: int
+
+    def _guard(self) -> AbstractContextManager[None]:
+        raise NotImplementedError  # SqliteRunStore's: sqlite errors as BackendError
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError  # SqliteRunStore's: BEGIN IMMEDIATE ... COMMIT
