@@ -10,7 +10,7 @@ weaker one is ignored and the worker says so in one line at start.
 Celery settings only, and no secrets: the broker and result backend URLs come from
 ``FLEET_BROKER_URL`` / ``FLEET_RESULT_BACKEND``. Examples (Celery's own names):
 
-    worker_send_task_events = False        # no task events (Flower shows nothing)
+    worker_send_task_events = True         # task events for Flower (or: worker -E)
     broker_transport_options = {"socket_timeout": 30.0}
     worker_max_tasks_per_child = 10000     # prefork children are replaced after this
 """

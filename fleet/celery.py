@@ -16,6 +16,7 @@ from celery import Celery
 
 from fleet import celery_config
 from fleet.errors import ConfigError
+from fleet.publishing import FleetCelery
 from fleet.settings import Settings
 from fleet.signing import DIGEST, SigningConfig, signing_config
 
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     Raises `ConfigError` when the site module cannot be loaded.
     """
     settings = settings or Settings.load()
-    celery_app = Celery("fleet", include=["fleet.tasks"])
+    celery_app = FleetCelery("fleet", include=["fleet.tasks"])
     signing, signing_error = _signing(settings)
     config, refused = celery_config.resolve(
         celery_config.load_site_settings(),

@@ -164,11 +164,12 @@ DEFAULTS: dict[str, Any] = {
     "redis_socket_connect_timeout": 3.0,
     "redis_socket_timeout": 10.0,
     "redis_backend_health_check_interval": 30,
-    # Flower and `celery events` show fleet.run_on_host by name. No "task-sent" event
-    # from the submitter: one more Redis publish per host (bench/README.md). Turning task
-    # events off made fault-matrix row 19 fail every time on Redis (a host waited behind
-    # a busy worker with worker_disable_prefetch; not understood yet): keep them on.
-    "worker_send_task_events": True,
+    # Task events (what Flower and `celery events` show, fleet.run_on_host by name) cost
+    # a quarter of a worker's CPU per host (py-spy, bench/README.md): only with `-E`
+    # (fleet worker -E), or `worker_send_task_events = True` in celeryconfig.py. No
+    # "task-sent" event from the submitter either. Their heartbeat used to be what woke
+    # the worker's loop for a free slot: fleet.worker wakes it itself (`_wake_hub`).
+    "worker_send_task_events": False,
     "task_send_sent_event": False,
     "worker_hijack_root_logger": False,
     # `celery -A fleet beat` fires the inventory's schedules (fleet.beat); its state lives

@@ -108,7 +108,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings.require_result_backend()
     _check_signing(settings, worker=True)
     argv = ["worker", "-Q", args.queues, "-P", args.pool, "-c", str(args.concurrency)]
-    argv += ["-l", args.loglevel, "-E"]
+    argv += ["-l", args.loglevel] + (["-E"] if args.events else [])
     if args.hostname:
         argv += ["-n", args.hostname]
     _exec_celery(argv, args)

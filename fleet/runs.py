@@ -18,6 +18,7 @@ from typing import Any
 from fleet import affinity, audit, canvas
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.lifecycle import RunRequest, cancel_run, finalize_run, new_run_id
+from fleet.publishing import publish
 from fleet.results import RunRecord, RunReport, utc_now
 from fleet.runenv import stage_run_env
 from fleet.settings import Settings, redact_url
@@ -120,7 +121,7 @@ def submit_run(
         routes = affinity.routes(
             store, request.hosts, embedded=embedded, enabled=settings.host_affinity
         )
-        build_canvas(run, request, embedded=embedded, app=app, routes=routes).apply_async()
+        publish(build_canvas(run, request, embedded=embedded, app=app, routes=routes), app)
         _release_subscriptions(app)
     except BaseException as exc:
         # Whatever was published before the failure (or Ctrl-C) must not run: the cancel

@@ -19,11 +19,13 @@ from tests.integration.fleetcli import REPO, FleetCLI, statuses
 
 
 @pytest.mark.parametrize(
-    ("pool_args", "banner_pool"), [((), "thread"), (("-P", "prefork"), "prefork")]
+    ("pool_args", "banner_pool", "events"),
+    [((), "thread", "OFF"), (("-P", "prefork", "-E"), "prefork", "ON")],
 )
 def test_fleet_worker_runs_tasks_under_its_node_name(
     pool_args: tuple[str, ...],
     banner_pool: str,
+    events: str,
     fresh_redis: RedisServer,
     ssh_fleet: SSHFleet,
     ledger: Ledger,
@@ -68,8 +70,8 @@ def test_fleet_worker_runs_tasks_under_its_node_name(
             time.sleep(0.05)
         banner = log.read_text(errors="replace")
         assert f"concurrency: 4 ({banner_pool})" in banner, banner
-        # Task events on (Flower, `celery events`), and the task registered by name.
-        assert "task events: ON" in banner, banner
+        # Task events (Flower, `celery events`) only with -E; the task registered by name.
+        assert f"task events: {events}" in banner, banner
         assert "fleet.run_on_host" in banner and "fleet.aggregate" in banner
 
         cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inventory.yaml"), env)

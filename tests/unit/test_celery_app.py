@@ -36,7 +36,7 @@ def test_celery_configuration_is_json_only_one_message_per_slot_and_observable()
     assert conf.task_acks_late is False and conf.worker_disable_prefetch is True
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_reject_on_worker_lost is False
-    assert conf.worker_send_task_events is True
+    assert conf.worker_send_task_events is False  # only with -E: 3 publishes per host
     assert conf.broker_transport_options["visibility_timeout"] >= 12 * 3600
     assert conf.result_expires == Settings().retention
     # The pool is chosen on the command line (fleet worker -P), never in the config:
@@ -129,12 +129,12 @@ def test_stricter_or_unrelated_site_settings_are_taken() -> None:
     site = {
         "accept_content": ["application/json"],
         "result_expires": 10 * 86400,
-        "worker_send_task_events": False,
+        "worker_send_task_events": True,
         "broker_transport_options": {"visibility_timeout": 24 * 3600},
     }
     config, refused = celery_config.resolve(site, result_expires=7 * 86400)
     assert refused == []
-    assert config["worker_send_task_events"] is False
+    assert config["worker_send_task_events"] is True
     assert config["result_expires"] == 10 * 86400
     assert config["broker_transport_options"]["visibility_timeout"] == 24 * 3600
 
