@@ -57,6 +57,11 @@ def tree_rss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
+def rss_total_mib(pids: Sequence[int]) -> float:
+    """VmRSS of every process in `pids` and their live descendants, summed, in MiB."""
+    return sum(tree_rss_mib(pid) for pid in pids)
+
+
 def sshd_cpu(fleet: SSHFleet) -> float:
     """CPU seconds so far of every sshd of `fleet` and what they forked."""
     return sum(tree_cpu(pid) for pid in fleet.pids())
@@ -124,10 +129,11 @@ def negotiated_kex(fleet: SSHFleet) -> tuple[str, str]:
     finally:
         transport.close()
         logger.removeHandler(handler)
-    info = paramiko.Transport._kex_info
+    # Private class attributes (not in paramiko's stubs): kex name -> class, preference.
+    info: dict[str, type] = getattr(paramiko.Transport, "_kex_info")  # noqa: B009
     if not names:
         # paramiko changed its log line: fall back to its first preferred kex.
-        names = list(paramiko.Transport._preferred_kex[:1])
+        names = list(getattr(paramiko.Transport, "_preferred_kex")[:1])  # noqa: B009
     engine = info[names[0]].__name__
     return names[0], engine
 
@@ -168,7 +174,7 @@ def run_openssh(
     argv = ["xargs", "-P", str(parallel), "-L", "1", *ssh_argv(fleet, kex)]
     cpu0 = children_cpu()
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, input=lines, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, input=lines, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
     cpu = children_cpu() - cpu0
     answered = sum("load average" in line for line in proc.stdout.splitlines())
@@ -186,15 +192,22 @@ def timed_child(
     env: Mapping[str, str],
     cwd: Path,
     workers: Sequence[int],
+    redis_pid: int | None = None,
 ) -> tuple[Timing, subprocess.CompletedProcess[str]]:
-    """Run `argv` to completion; CPU of it (RUSAGE_CHILDREN) and of the worker pids."""
+    """Run `argv` to completion; CPU of it (RUSAGE_CHILDREN) and of the worker pids.
+
+    `Timing.cpu` is CLI + workers; with `redis_pid`, ``detail["redis_cpu"]`` is what
+    that redis-server spent meanwhile (its /proc stat, every thread of it)."""
     before = {pid: tree_cpu(pid) for pid in workers}
+    redis0 = tree_cpu(redis_pid) if redis_pid is not None else 0.0
     cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(
-        list(argv), capture_output=True, text=True, env=dict(env), cwd=cwd, timeout=900
+        list(argv), capture_output=True, text=True, env=dict(env), cwd=cwd, timeout=1800
     )
     wall = time.perf_counter() - t0
     cli_cpu = children_cpu() - cpu0
     worker_cpu = sum(tree_cpu(pid) - before[pid] for pid in workers)
-    return Timing(wall, cli_cpu + worker_cpu, {"cli_cpu": cli_cpu, "worker_cpu": worker_cpu}), proc
+    redis_cpu = tree_cpu(redis_pid) - redis0 if redis_pid is not None else 0.0
+    detail = {"cli_cpu": cli_cpu, "worker_cpu": worker_cpu, "redis_cpu": redis_cpu}
+    return Timing(wall, cli_cpu + worker_cpu, detail), proc

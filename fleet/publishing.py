@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
+from celery.app.backends import by_url
 
 #: Messages buffered before a pipeline is sent. A few per flush let the first workers
 #: start while the rest is still being built; one per message is Celery's default.
@@ -27,7 +29,9 @@ _publishing: contextvars.ContextVar[Any] = contextvars.ContextVar("fleet_publish
 
 
 class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
-    """Celery, with a producer that `publish` may have chosen for this context."""
+    """Celery, with a producer that `publish` may have chosen for this context, and a
+    Redis result backend that subscribes to no result while `publish` runs
+    (`_submitter_backend`)."""
 
     def producer_or_acquire(self, producer: Any = None) -> Any:
         if producer is None:
@@ -35,6 +39,36 @@ class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
             if chosen is not None:
                 return contextlib.nullcontext(chosen)
         return super().producer_or_acquire(producer)
+
+    def _get_backend(self) -> Any:
+        # Celery's own three lines (celery/app/base.py), with fleet's Redis backend in
+        # place of Celery's: should Celery rename this method, the result is only the
+        # old cost, never a wrong result.
+        backend, url = by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        if getattr(backend, "__module__", "") == "celery.backends.redis":
+            backend = _submitter_backend(backend)
+        return backend(app=self, url=url)
+
+
+@functools.cache
+def _submitter_backend(redis_backend: Any) -> Any:
+    """Celery's Redis result backend, except inside `publish`: there Celery's group
+    result would SUBSCRIBE to every member's result channel (and UNSUBSCRIBE at exit),
+    a command each way per host, for results fleet never reads: a run is followed
+    through the run store. Made on first use: embedded mode never imports redis-py."""
+
+    def add_pending_result(
+        self: Any, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        if _publishing.get(None) is not None:
+            return result
+        return redis_backend.add_pending_result(
+            self, result, weak=weak, start_drainer=start_drainer
+        )
+
+    return type(
+        "SubmitterRedisBackend", (redis_backend,), {"add_pending_result": add_pending_result}
+    )
 
 
 def publish(signature: Any, app: Any) -> Any:

@@ -122,7 +122,6 @@ def submit_run(
             store, request.hosts, embedded=embedded, enabled=settings.host_affinity
         )
         publish(build_canvas(run, request, embedded=embedded, app=app, routes=routes), app)
-        _release_subscriptions(app)
     except BaseException as exc:
         # Whatever was published before the failure (or Ctrl-C) must not run: the cancel
         # claims every host not yet started, so a message arriving later is refused.
@@ -137,22 +136,6 @@ def submit_run(
             f"run {run.run_id}: {exc}; the run was cancelled"
         ) from exc
     return run
-
-
-def _release_subscriptions(app: Any) -> None:
-    """Drop the result subscriptions Celery's group made while publishing.
-
-    The submitter follows progress through the run store, never through Celery results.
-    Left pending, the Redis backend unsubscribes them from `AsyncResult.__del__` at
-    interpreter exit, when it can no longer talk to Redis (a traceback on stderr).
-    """
-    backend = app.backend
-    pending = getattr(backend, "_pending_results", None)
-    if pending is None:
-        return
-    for by_id in list(pending.concrete.values()) + list(pending.weak.values()):
-        for result in list(by_id.values()):
-            backend.remove_pending_result(result)
 
 
 def check_broker(app: Any, settings: Settings, timeout: float = 3.0) -> None:

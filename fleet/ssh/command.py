@@ -246,7 +246,7 @@ def run_channel(
 def _drain(channel: Any, stdout: _Sink, stderr: _Sink, deadline: float) -> bool:
     """Read both streams together until EOF and exit status. True if the deadline passed."""
     exit_seen_at: float | None = None
-    wait_fd = _fileno(channel)
+    waiter = _poller(_fileno(channel))
     while True:
         while channel.recv_ready():
             stdout.feed(channel.recv(_CHUNK))
@@ -273,10 +273,20 @@ def _drain(channel: Any, stdout: _Sink, stderr: _Sink, deadline: float) -> bool:
             # the channel's fd readable after EOF, so select would spin. Only the exit
             # status can come now.
             status_event.wait(remaining)
-        elif wait_fd is None:
+        elif waiter is None:
             time.sleep(min(wait, 0.01))
         else:
-            select.select([wait_fd], [], [], wait)
+            waiter.poll(wait * 1000)
+
+
+def _poller(fd: int | None) -> select.poll | None:
+    """poll(), not select(): a worker holding ~1,000 pooled connections has descriptors
+    above FD_SETSIZE (1024), which select() refuses ("filedescriptor out of range")."""
+    if fd is None or not hasattr(select, "poll"):
+        return None
+    waiter = select.poll()
+    waiter.register(fd, select.POLLIN)
+    return waiter
 
 
 def _fileno(channel: Any) -> int | None:

@@ -38,6 +38,11 @@ from fleet.ssh.hostkeys import HostKeyPolicy
 from fleet.ssh.sshconfig import Target
 
 T = TypeVar("T")
+
+#: A lease sweeps the pool at most this often (seconds). A sweep scans every pooled
+#: transport under the pool's lock: once per lease it made a run O(N^2) in hosts and
+#: serialized the worker's threads (bench/README.md, N=2,000). The reaper sweeps too.
+SWEEP_EVERY_S = 1.0
 Key = tuple[object, ...]
 
 
@@ -99,6 +104,7 @@ class ConnectionPool:
         self._limits: dict[Key, int] = {}  # channels per transport, learned
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._swept_at = float("-inf")
 
     def __len__(self) -> int:
         with self._lock:
@@ -110,7 +116,8 @@ class ConnectionPool:
         `avoid`: a transport not to hand out (it just refused a channel).
         """
         self._start_reaper()
-        self.sweep()
+        if self._clock() - self._swept_at >= SWEEP_EVERY_S:
+            self.sweep()
         key = pool_key(target, options)
         while True:
             with self._lock:
@@ -240,6 +247,7 @@ class ConnectionPool:
         """Close transports idle past the TTL, retired or dead; forget old failures."""
         now = self._clock()
         with self._lock:
+            self._swept_at = now
             jumps = self._jump_keys()
             doomed = [
                 e.transport

@@ -60,8 +60,11 @@ class ProxySocket:
         socket); `socket.timeout` when nothing came within the timeout."""
         stdout = self.process.stdout
         assert stdout is not None
-        ready, _, _ = select.select([stdout], [], [], self._timeout)
-        if not ready:
+        # poll(), not select(): a worker holding many pooled connections has descriptors
+        # above FD_SETSIZE (1024), which select() refuses.
+        waiter = select.poll()
+        waiter.register(stdout, select.POLLIN)
+        if not waiter.poll(None if self._timeout is None else self._timeout * 1000):
             raise TimeoutError()
         return os.read(stdout.fileno(), size)
 

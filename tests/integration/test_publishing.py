@@ -74,3 +74,16 @@ def _body(item: bytes) -> bytes:
     import base64
 
     return base64.b64decode(json.loads(item)["body"])
+
+
+def test_publish_subscribes_to_no_result(fresh_redis: RedisServer) -> None:
+    """The submitter follows a run through the run store: Celery's group result must not
+    subscribe to a result channel per member (a SUBSCRIBE and an UNSUBSCRIBE per host)."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    app = FleetCelery("publish-test", broker=fresh_redis.url, backend=fresh_redis.url)
+    app.conf.task_serializer = "json"
+    publish(_canvas(app), app)
+    assert len(client.lrange(QUEUE, 0, -1)) == MEMBERS
+    assert client.pubsub_channels("celery-task-meta-*") == []
+    client.close()
+    app.close()

@@ -765,3 +765,24 @@ def test_timeout_kill_beyond_max_sessions(limited_fleet: SSHFleet, pool: Connect
     results = _concurrently(2, lambda: run_command(host, "sleep 30", options, pool))
     assert [r.status for r in results] == [Status.TIMEOUT] * 2
     assert [r.remote_kill_confirmed for r in results] == [True, True], [r.error for r in results]
+
+
+def test_a_command_runs_on_a_descriptor_above_fd_setsize(
+    ssh_fleet: SSHFleet, opts: ExecOptions, pool: ConnectionPool
+) -> None:
+    """A worker holding ~1,000 pooled connections gets socket descriptors above 1024,
+    which select() refuses ("filedescriptor out of range"): at 2,000 hosts 107 ended
+    `error` that way. The wait for output must work at any descriptor number."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"cannot open 1,200 files (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        result = run(ssh_fleet, "sleep 0.2; echo above", opts, pool)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.status is Status.OK, result
+    assert result.stdout == "above\n"

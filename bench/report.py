@@ -1,0 +1,175 @@
+"""bench/run.py's figures: medians per row (`summarize`, the ``--json`` document) and
+the text table with its summary lines (`render`)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.fleetrows import (
+    CPU_TARGET_MS,
+    FLEET_COLD,
+    FLEET_SLEEP,
+    FLEET_WARM,
+    MAX_THREADS_PER_WORKER,
+    SLEEP_TARGET_HOSTS,
+    SLEEP_TARGET_WALL_S,
+    SLOT_MARGIN,
+    Row,
+)
+
+SSH_COLD = "openssh xargs -P{c} (cold)"
+SSH_DEFAULT = "openssh xargs -P{c} (default kex)"
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(
+    n: int,
+    args: argparse.Namespace,
+    kex: str,
+    engine: str,
+    default_kex: str,
+    rows: Mapping[str, Row],
+    profiles: Mapping[str, str],
+) -> dict[str, Any]:
+    base = rows[SSH_COLD].timings
+    base_wall = _median([t.wall for t in base])
+    base_cpu = _median([t.cpu for t in base])
+    order = [SSH_COLD, FLEET_COLD, FLEET_WARM, FLEET_SLEEP]
+    order += [k for k in rows if k not in order]
+    out_rows = []
+    for label in order:
+        if label not in rows:
+            continue
+        data = rows[label]
+        timings = data.timings
+        wall = _median([t.wall for t in timings])
+        cpu = _median([t.cpu for t in timings])
+        row: dict[str, Any] = {
+            "row": label.format(c=args.concurrency),
+            "command": "sleep 1" if label == FLEET_SLEEP else "uptime",
+            "wall_s": wall,
+            "wall_s_all": [t.wall for t in timings],
+            "hosts_per_s": n / wall,
+            "cpu_s": cpu,
+            "cpu_s_per_host": cpu / n,
+            "wall_ratio_vs_openssh_cold": wall / base_wall,
+            "cpu_ratio_vs_openssh_cold": cpu / base_cpu if base_cpu else None,
+            "sshd_cpu_s_per_host": _median(data.sshd) / n,
+        }
+        if label.startswith("fleet"):
+            for part in ("cli", "worker", "redis"):
+                row[f"{part}_cpu_s"] = _median([t.detail[f"{part}_cpu"] for t in timings])
+            for name, values in data.figures.items():
+                row[name] = _median(values)
+            row["redis_top"] = data.redis_top
+            row["fleet_cpu_target_ms_per_host"] = CPU_TARGET_MS.get(label)
+            row.update(data.info)
+        if label == FLEET_SLEEP:
+            row["wall_target_s"] = SLEEP_TARGET_WALL_S if n == SLEEP_TARGET_HOSTS else None
+        out_rows.append(row)
+    return {
+        "hosts": n,
+        "workers": args.workers,
+        "threads_per_worker": args.worker_concurrency,
+        "concurrency": args.concurrency,
+        "repeat": args.repeat,
+        "kex": kex,
+        "kex_engine": engine,
+        "openssh_default_kex": default_kex,
+        "targets": {
+            "fleet_cpu_ms_per_host_cold": CPU_TARGET_MS[FLEET_COLD],
+            "fleet_cpu_ms_per_host_warm": CPU_TARGET_MS[FLEET_WARM],
+            "sleep_wall_s": SLEEP_TARGET_WALL_S,
+            "sleep_hosts": SLEEP_TARGET_HOSTS,
+        },
+        "rows": out_rows,
+        "profiles": dict(profiles),
+    }
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "not met"
+
+
+def _fleet_lines(row: Mapping[str, Any], n: int) -> list[str]:
+    label = row["row"]
+    cpu_ms = row["fleet_cpu_ms_per_host"]
+    target = row.get("fleet_cpu_target_ms_per_host")
+    kind = label.split()[1]
+    aim = f" (target <= {target:.0f} ms/host {kind}: {_verdict(cpu_ms, target)})" if target else ""
+    top = ", ".join(f"{name} {calls}" for name, calls in row["redis_top"][:6])
+    lines = [
+        f"  {label}: CPU cli {row['cli_cpu_s']:.2f} s + workers {row['worker_cpu_s']:.2f} s"
+        f" + redis {row['redis_cpu_s']:.2f} s = {cpu_ms:.1f} ms/host{aim}",
+        f"    run span {row['run_span_s']:.2f} s (CLI wall {row['wall_s']:.2f} s); "
+        f"connections reused {row['connections_reused']:.0f}/{n}; "
+        f"redis commands/host {row['redis_commands_per_host']:.1f} ({top})",
+    ]
+    if "worker_kib_per_connection" in row:
+        lines.append(
+            f"    worker memory: {row['worker_rss_start_mib']:.0f} MiB at start -> "
+            f"{row['worker_rss_total_mib']:.0f} MiB (all workers), "
+            f"{row['connections_held']:.0f} connections held: "
+            f"{row['worker_kib_per_connection']:.0f} KiB/connection; "
+            f"workers idle afterwards {row['worker_idle_cpu_s_per_s']:.3f} CPU s/s"
+        )
+    if "threads_per_worker" in row:
+        capped = (
+            f", CAPPED at {MAX_THREADS_PER_WORKER} (wanted {row['threads_wanted']})"
+            if row["threads_capped"]
+            else ""
+        )
+        if row.get("wall_target_s") is not None:
+            target_s = row["wall_target_s"]
+            aim = f"target <= {target_s:.1f} s: {_verdict(row['wall_s'], target_s)}"
+        else:
+            aim = f"issue target <= {SLEEP_TARGET_WALL_S:.1f} s at N={SLEEP_TARGET_HOSTS}"
+        lines += [
+            f"    sleep 1 warm: wall {row['wall_s']:.2f} s ({aim}); "
+            f"{row['workers']} workers x {row['threads_per_worker']} threads "
+            f"(busiest worker {row['busiest_worker_hosts']} hosts + {SLOT_MARGIN}{capped})",
+            f"    its workers: {row['fill_rss_start_mib']:.0f} MiB at start -> "
+            f"{row['fill_rss_mib']:.0f} MiB after the untimed uptime run "
+            f"({row['fill_connections_reused']}/{n} reused): "
+            f"{row['kib_per_host_with_thread']:.0f} KiB/host (connection + pool thread)",
+        ]
+    return lines
+
+
+def render(result: Mapping[str, Any]) -> str:
+    n = result["hosts"]
+    lines = [
+        f"N={n} hosts; fleet: {result['workers']} workers x {result['threads_per_worker']} "
+        f"threads; openssh: xargs -P{result['concurrency']}; median of {result['repeat']}",
+        f"kex: {result['kex']} (paramiko {result['kex_engine']}; "
+        f"OpenSSH default would be {result['openssh_default_kex']})",
+        f"{'':<34} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} {'wall x':>7} "
+        f"{'CPU x':>6} {'sshd CPU/host':>13} {'+Redis ms/host':>14} "
+        f"{'redis cmd/host':>14} {'worker RSS MiB':>14}",
+    ]
+    for row in result["rows"]:
+        fleet = "fleet_cpu_ms_per_host" in row
+        cpu_x = row["cpu_ratio_vs_openssh_cold"]
+        # `sleep 1` against OpenSSH's `uptime`: a wall ratio would mean nothing.
+        wall_x = f"{row['wall_ratio_vs_openssh_cold']:.2f}x" if row["command"] == "uptime" else "-"
+        with_redis = f"{row['fleet_cpu_ms_per_host']:.1f}" if fleet else "-"
+        commands = f"{row['redis_commands_per_host']:.1f}" if fleet else "-"
+        rss = f"{row['worker_rss_mib']:.0f}" if fleet else "-"
+        lines.append(
+            f"{row['row']:<34} {row['wall_s']:>7.2f} {row['hosts_per_s']:>8.1f} "
+            f"{row['cpu_s_per_host']:>10.4f} {wall_x:>7} "
+            f"{(f'{cpu_x:.2f}x' if cpu_x else '-'):>6} "
+            f"{row['sshd_cpu_s_per_host']:>13.4f} {with_redis:>14} {commands:>14} {rss:>14}"
+        )
+    for row in result["rows"]:
+        if "fleet_cpu_ms_per_host" in row:
+            lines += _fleet_lines(row, n)
+    for label, path in result["profiles"].items():
+        lines.append(f"  py-spy {label}: {path}")
+    return "\n".join(lines)
