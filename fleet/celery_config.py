@@ -153,6 +153,13 @@ DEFAULTS: dict[str, Any] = {
     "task_default_queue": DEFAULT_QUEUE,
     "task_create_missing_queues": True,
     "broker_transport_options": {
+        # kombu's Redis "ack emulation" keeps each delivered message in an unacked hash
+        # until the ack: two Redis round trips per task, a third of a worker's CPU per
+        # host (py-spy, bench/README.md), for a redelivery fleet never wants: Redis tasks
+        # ack early, a slot takes a message only when free (worker_disable_prefetch), and
+        # a host whose worker died ends `lost` by the watchdog. Without it no message
+        # ever comes back after `visibility_timeout` either. (kombu: "ack_emulation".)
+        "ack_emulation": False,
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         # A hung (not down) Redis must fail a call, not block it forever.
         "socket_timeout": 10.0,

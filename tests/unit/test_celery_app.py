@@ -38,6 +38,8 @@ def test_celery_configuration_is_json_only_one_message_per_slot_and_observable()
     assert conf.task_reject_on_worker_lost is False
     assert conf.worker_send_task_events is False  # only with -E: 3 publishes per host
     assert conf.broker_transport_options["visibility_timeout"] >= 12 * 3600
+    # No unacked hash: two Redis round trips per task saved, and nothing comes back.
+    assert conf.broker_transport_options["ack_emulation"] is False
     assert conf.result_expires == Settings().retention
     # The pool is chosen on the command line (fleet worker -P), never in the config:
     # a config value would beat an explicit `celery -A fleet worker -P prefork`.
