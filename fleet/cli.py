@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fleet.cli_audit import cmd_audit
 from fleet.cli_common import (
     detach,
     emit_report,
@@ -24,11 +23,9 @@ from fleet.cli_common import (
     settings_from,
     submit_and_follow,
 )
-from fleet.cli_keys import cmd_keys_init
 from fleet.cli_parser import Handler, build_parser
-from fleet.cli_service import cmd_beat, cmd_schedules, cmd_worker
-from fleet.cli_transfer import cmd_copy, cmd_fetch, cmd_script
 from fleet.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -52,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except FleetError as exc:
         _print_error(exc)
         return exc.exit_code
@@ -72,6 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_exit() -> None:
     sys.exit(main())
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe: stop quietly, as `cat` killed by SIGPIPE does
+    (the run, if any, goes on; `fleet report RUN_ID` shows it). Later writes (Python's
+    own flush at exit) go to /dev/null instead of raising again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def _say_warnings() -> None:
@@ -193,6 +204,58 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             return EXIT_OK
     print(f"fleet: run {args.run_id} is already {state}; nothing to cancel", file=sys.stderr)
     return EXIT_OK
+
+
+# The other subcommands' modules are imported when their subcommand runs: the parser
+# needs only their names, and `fleet run` or `fleet hosts` loads none of their code.
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fleet.cli_audit import cmd_audit as handler
+
+    return handler(args)
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from fleet.cli_keys import cmd_keys_init as handler
+
+    return handler(args)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from fleet.cli_service import cmd_worker as handler
+
+    return handler(args)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from fleet.cli_service import cmd_beat as handler
+
+    return handler(args)
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from fleet.cli_service import cmd_schedules as handler
+
+    return handler(args)
+
+
+def cmd_script(args: argparse.Namespace) -> int:
+    from fleet.cli_transfer import cmd_script as handler
+
+    return handler(args)
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from fleet.cli_transfer import cmd_copy as handler
+
+    return handler(args)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from fleet.cli_transfer import cmd_fetch as handler
+
+    return handler(args)
 
 
 _HANDLERS: dict[str, Handler] = {

@@ -25,6 +25,8 @@ EXIT_HOSTS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INFRASTRUCTURE = 3
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (``fleet hosts | head -1``): a shell's 128 + SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 
 class FleetError(Exception):

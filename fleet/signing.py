@@ -19,6 +19,8 @@ time limits); a replayed genuine message is refused by the run's claims
 
 Framework-free (``cryptography`` only): `fleet.celery` applies `SigningConfig`,
 `fleet.worker` checks a worker's own set-up and installs `RefusedMessageFilter`.
+``cryptography`` is imported by the functions that read or make keys and certificates,
+not by this module: with signing off (the usual case) no command pays for it.
 """
 
 from __future__ import annotations
@@ -30,16 +32,15 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import ConfigError, UsageError
 from fleet.settings import Settings
 from fleet.textsafe import make_visible_line
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 KEY_ENV = "FLEET_SIGNING_KEY"
 CERT_ENV = "FLEET_SIGNING_CERT"
@@ -135,6 +136,9 @@ def signer_identity(settings: Settings) -> str | None:
 
 def load_certificate(path: str, setting: str) -> x509.Certificate:
     """The X.509 certificate (PEM, RSA, not expired) at `path`. Raises `ConfigError`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     data = _read(path, setting)
     try:
         cert = x509.load_pem_x509_certificate(data)
@@ -174,6 +178,8 @@ def trusted_certificates(store: str) -> list[x509.Certificate]:
 
 def common_name(cert: x509.Certificate) -> str:
     """The certificate's subject CN (its serial number when it has none), made visible."""
+    from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else f"serial {cert.serial_number}"
     return make_visible_line(value if isinstance(value, str) else value.decode(errors="replace"))
@@ -197,6 +203,11 @@ def create_keys(
 
     Raises `UsageError` for a bad name, a directory others can enter, or when either
     file exists (nothing is overwritten, nothing half written)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
     if not _NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: letters, digits, '.', '_', '-' only (at most 64)")
     if directory.exists():
@@ -262,6 +273,9 @@ def _read(path: str, setting: str) -> bytes:
 
 
 def _load_key(path: str) -> rsa.RSAPrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     data = _read(path, KEY_ENV)
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -275,6 +289,8 @@ def _load_key(path: str) -> rsa.RSAPrivateKey:
 
 
 def _public_bytes(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return bytes(
         key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

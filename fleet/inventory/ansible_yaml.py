@@ -22,12 +22,14 @@ section that is not a mapping), fleet reports a problem: nothing is silently dro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import InventoryProblem
-from fleet.inventory.ansible_model import AnsibleModel
 from fleet.inventory.schema import TOP_KEYS, InventorySpec, join_path
 from fleet.textsafe import show_value
+
+if TYPE_CHECKING:
+    from fleet.inventory.ansible_model import AnsibleModel
 
 SECTIONS = ("children", "hosts", "vars")
 
@@ -50,7 +52,12 @@ def is_ansible_yaml(data: Any) -> bool:
 
 def check_ansible_yaml(data: dict[Any, Any], problems: list[InventoryProblem]) -> InventorySpec:
     """The `InventorySpec` of Ansible YAML `data`; each problem appended to `problems`
-    with its key path (``all.children.web.hosts.web01.ansible_port``)."""
+    with its key path (``all.children.web.hosts.web01.ansible_port``).
+
+    Ansible's model is imported here: `is_ansible_yaml` decides for every YAML
+    inventory, fleet's own included, and needs none of it."""
+    from fleet.inventory.ansible_model import AnsibleModel
+
     model = AnsibleModel(problems)
     for name, body in data.items():
         _group(model, name, body, join_path("", name))

@@ -14,6 +14,10 @@ shape decides between fleet's and Ansible's, `is_ansible_yaml`). Any other name
 ``[section]`` header or when it is not a YAML mapping (a list of host names reads as
 one YAML string); a file that is not YAML at all is INI if it reads as INI without a
 problem, otherwise its YAML error is reported.
+
+The INI reader is imported only for a file read as INI, and Ansible's model
+(`fleet.inventory.ansible_model`) only for an Ansible file: loading fleet's own format
+costs neither.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from pathlib import PurePath
 from typing import Any
 
 from fleet.errors import InventoryError, InventoryProblem
-from fleet.inventory.ansible_ini import parse_ini
 from fleet.inventory.ansible_yaml import check_ansible_yaml, is_ansible_yaml
 from fleet.inventory.safe_yaml import read_yaml
 from fleet.inventory.schema import InventorySpec, check_inventory
@@ -45,7 +48,7 @@ def read_spec(
     """
     suffix = PurePath(source).suffix.lower()
     if suffix == ".ini" or (suffix not in _YAML_SUFFIXES and _starts_with_section(text)):
-        return Format.ANSIBLE_INI, parse_ini(text, problems)
+        return Format.ANSIBLE_INI, _parse_ini(text, problems)
     if suffix in _YAML_SUFFIXES:
         data = read_yaml(text, source, problems)
     else:
@@ -66,14 +69,21 @@ def _yaml_or_ini(
         data = read_yaml(text, source, found)
     except InventoryError:
         ini_problems: list[InventoryProblem] = []
-        spec = parse_ini(text, ini_problems)
+        spec = _parse_ini(text, ini_problems)
         if ini_problems:
             raise
         return None, spec
     if data is None or isinstance(data, dict):
         problems.extend(found)
         return data, None
-    return None, parse_ini(text, problems)
+    return None, _parse_ini(text, problems)
+
+
+def _parse_ini(text: str, problems: list[InventoryProblem]) -> InventorySpec:
+    """`fleet.inventory.ansible_ini.parse_ini`, imported when a file is read as INI."""
+    from fleet.inventory.ansible_ini import parse_ini as parse
+
+    return parse(text, problems)
 
 
 def _starts_with_section(text: str) -> bool:

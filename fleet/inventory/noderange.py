@@ -9,14 +9,15 @@ lookups in system config files, and will happily build a hundred million strings
 Host patterns may put glob characters around the brackets (``host-[10-12]*``): with
 ``globs=True`` the gate lets ``*`` and ``?`` through outside brackets, and NodeSet keeps
 them as plain characters of each name (``host-10*``, ``host-11*``, ``host-12*``).
+
+ClusterShell is imported by the two functions that call NodeSet, when they do: names
+without ranges (checked here, not by NodeSet) load none of it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-
-from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
 
 from fleet.errors import PatternError
 
@@ -115,6 +116,8 @@ def expand_hosts(text: str, *, globs: bool = False) -> list[str]:
     size = count_range(text, globs=globs)
     if size > MAX_RANGE_HOSTS:
         raise PatternError(f"range {_brief(text)} expands to more than {MAX_RANGE_HOSTS} hosts")
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
     try:
         return list(NodeSet(text, resolver=RESOLVER_NOGROUP))
     except (NodeSetException, AssertionError, ValueError) as exc:
@@ -137,6 +140,8 @@ def fold_hosts(names: Iterable[str], *, globs: bool = False) -> str:
     odd = sorted(n for n in names if _literal_problem(n, globs) is not None)
     parts = []
     if plain:
+        from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
         try:
             parts.append(str(NodeSet.fromlist(plain, resolver=RESOLVER_NOGROUP)))
         except (NodeSetException, AssertionError, ValueError):

@@ -4,12 +4,14 @@ of the store they are mixed into: declared once here for the type checker, defin
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.store import keys
+
+if TYPE_CHECKING:
+    import sqlite3  # annotations only: the Redis store does not load sqlite3
 
 
 class RedisPart:
