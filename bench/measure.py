@@ -166,6 +166,22 @@ def ssh_argv(fleet: SSHFleet, kex: str | None) -> list[str]:
     return argv
 
 
+def box_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine so far (/proc/stat, "cpu" line:
+    user nice system idle iowait irq softirq steal; idle and iowait are not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share (0-1) of all cores busy between two `box_ticks` readings: what a run cost
+    the machine, kernel work and short-lived processes (sshd sessions, shells) included,
+    which per-process figures miss."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def run_openssh(
     fleet: SSHFleet, hosts: Sequence[SSHHost], kex: str | None, parallel: int
 ) -> tuple[Timing, list[str]]:
@@ -173,9 +189,11 @@ def run_openssh(
     lines = "".join(f"-p {h.port} {fleet.user}@{h.address} uptime\n" for h in hosts)
     argv = ["xargs", "-P", str(parallel), "-L", "1", *ssh_argv(fleet, kex)]
     cpu0 = children_cpu()
+    box0 = box_ticks()
     t0 = time.perf_counter()
     proc = subprocess.run(argv, input=lines, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
+    busy = busy_share(box0, box_ticks())
     cpu = children_cpu() - cpu0
     answered = sum("load average" in line for line in proc.stdout.splitlines())
     failures: list[str] = []
@@ -184,7 +202,7 @@ def run_openssh(
             f"xargs exit {proc.returncode}, {answered}/{len(hosts)} answered; "
             f"stderr: {proc.stderr.strip()[:2000]}"
         )
-    return Timing(wall, cpu, {}), failures
+    return Timing(wall, cpu, {"box_busy": busy}), failures
 
 
 def timed_child(
@@ -201,13 +219,20 @@ def timed_child(
     before = {pid: tree_cpu(pid) for pid in workers}
     redis0 = tree_cpu(redis_pid) if redis_pid is not None else 0.0
     cpu0 = children_cpu()
+    box0 = box_ticks()
     t0 = time.perf_counter()
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, env=dict(env), cwd=cwd, timeout=1800
     )
     wall = time.perf_counter() - t0
+    busy = busy_share(box0, box_ticks())
     cli_cpu = children_cpu() - cpu0
     worker_cpu = sum(tree_cpu(pid) - before[pid] for pid in workers)
     redis_cpu = tree_cpu(redis_pid) - redis0 if redis_pid is not None else 0.0
-    detail = {"cli_cpu": cli_cpu, "worker_cpu": worker_cpu, "redis_cpu": redis_cpu}
+    detail = {
+        "cli_cpu": cli_cpu,
+        "worker_cpu": worker_cpu,
+        "redis_cpu": redis_cpu,
+        "box_busy": busy,
+    }
     return Timing(wall, cli_cpu + worker_cpu, detail), proc

@@ -61,6 +61,7 @@ def summarize(
             "wall_ratio_vs_openssh_cold": wall / base_wall,
             "cpu_ratio_vs_openssh_cold": cpu / base_cpu if base_cpu else None,
             "sshd_cpu_s_per_host": _median(data.sshd) / n,
+            "box_busy_pct": 100 * _median([t.detail.get("box_busy", 0.0) for t in timings]),
         }
         if label.startswith("fleet"):
             for part in ("cli", "worker", "redis"):
@@ -151,7 +152,7 @@ def render(result: Mapping[str, Any]) -> str:
         f"OpenSSH default would be {result['openssh_default_kex']})",
         f"{'':<34} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} {'wall x':>7} "
         f"{'CPU x':>6} {'sshd CPU/host':>13} {'+Redis ms/host':>14} "
-        f"{'redis cmd/host':>14} {'worker RSS MiB':>14}",
+        f"{'redis cmd/host':>14} {'worker RSS MiB':>14} {'box busy':>8}",
     ]
     for row in result["rows"]:
         fleet = "fleet_cpu_ms_per_host" in row
@@ -165,7 +166,8 @@ def render(result: Mapping[str, Any]) -> str:
             f"{row['row']:<34} {row['wall_s']:>7.2f} {row['hosts_per_s']:>8.1f} "
             f"{row['cpu_s_per_host']:>10.4f} {wall_x:>7} "
             f"{(f'{cpu_x:.2f}x' if cpu_x else '-'):>6} "
-            f"{row['sshd_cpu_s_per_host']:>13.4f} {with_redis:>14} {commands:>14} {rss:>14}"
+            f"{row['sshd_cpu_s_per_host']:>13.4f} {with_redis:>14} {commands:>14} {rss:>14} "
+            f"{row['box_busy_pct']:>7.0f}%"
         )
     for row in result["rows"]:
         if "fleet_cpu_ms_per_host" in row:
