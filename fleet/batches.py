@@ -77,10 +77,24 @@ def next_batch(store: RunStore, run_id: str, done: int, *, worker: str) -> int |
 
 
 def _skip_rest(store: RunStore, run: RunRecord, first: int) -> None:
-    message = skipped_message(run)
+    _close_rest(store, run, first, Status.SKIPPED, skipped_message(run))
+
+
+def abandon_rest(store: RunStore, run_id: str, batch: int, failure: str) -> None:
+    """The broker failed while batch `batch` (0-based) was being published (`failure`:
+    one line). Every host of that batch and the later ones that has not started is
+    claimed and recorded `error`, naming the failure, so no message that did reach the
+    broker can start it afterwards; the run then finishes from the store like any
+    other. Raises `BackendError`."""
+    run = store.get_run(run_id)
+    message = f"not started: the broker failed while batch {batch + 1} was published: {failure}"
+    _close_rest(store, run, batch, Status.ERROR, message)
+
+
+def _close_rest(store: RunStore, run: RunRecord, first: int, status: Status, message: str) -> None:
     addresses = {h.name: h.address for h in store.run_hosts(run.run_id)}
     for names in run.batches[first:]:
         for name in names:
             if store.claim_host(run.run_id, name, FINALIZER):
-                result = HostResult.not_run(name, Status.SKIPPED, message, addresses.get(name, ""))
+                result = HostResult.not_run(name, status, message, addresses.get(name, ""))
                 store.save_result(run.run_id, result)

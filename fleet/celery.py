@@ -19,6 +19,7 @@ from fleet.errors import ConfigError
 from fleet.publishing import FleetCelery
 from fleet.settings import Settings
 from fleet.signing import DIGEST, SigningConfig, signing_config
+from fleet.wakeup import WakeOnFreeSlot
 
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "cache+memory://"
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     """
     settings = settings or Settings.load()
     celery_app = FleetCelery("fleet", include=["fleet.tasks"])
+    celery_app.steps["consumer"].add(WakeOnFreeSlot)
     signing, signing_error = _signing(settings)
     config, refused = celery_config.resolve(
         celery_config.load_site_settings(),

@@ -175,7 +175,7 @@ DEFAULTS: dict[str, Any] = {
     # a quarter of a worker's CPU per host (py-spy, bench/README.md): only with `-E`
     # (fleet worker -E), or `worker_send_task_events = True` in celeryconfig.py. No
     # "task-sent" event from the submitter either. Their heartbeat used to be what woke
-    # the worker's loop for a free slot: fleet.worker wakes it itself (`_wake_hub`).
+    # the worker's loop for a free slot: fleet.wakeup wakes it itself.
     "worker_send_task_events": False,
     "task_send_sent_event": False,
     "worker_hijack_root_logger": False,

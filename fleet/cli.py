@@ -2,7 +2,8 @@
 
 Exit codes: 0 every host ok; 1 some host not ok; 2 usage or input error;
 3 infrastructure error (broker or store unreachable); 130 detached by Ctrl-C;
-70 an internal error (a bug: run again with --debug for the traceback).
+141 stdout's reader went away (``| head``); 70 an internal error (a bug: run again
+with --debug for the traceback).
 """
 
 from __future__ import annotations

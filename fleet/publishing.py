@@ -36,8 +36,8 @@ class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
     def producer_or_acquire(self, producer: Any = None) -> Any:
         if producer is None:
             chosen = _publishing.get(None)
-            if chosen is not None:
-                return contextlib.nullcontext(chosen)
+            if chosen is not None and chosen[0] is self:  # another app keeps its broker
+                return contextlib.nullcontext(chosen[1])
         return super().producer_or_acquire(producer)
 
     def _get_backend(self) -> Any:
@@ -60,7 +60,8 @@ def _submitter_backend(redis_backend: Any) -> Any:
     def add_pending_result(
         self: Any, result: Any, weak: bool = False, start_drainer: bool = True
     ) -> Any:
-        if _publishing.get(None) is not None:
+        chosen = _publishing.get(None)
+        if chosen is not None and chosen[0] is self.app:
             return result
         return redis_backend.add_pending_result(
             self, result, weak=weak, start_drainer=start_drainer
@@ -77,7 +78,7 @@ def publish(signature: Any, app: Any) -> Any:
     Redis). Returns what ``apply_async`` returns. Raises what it raises; a failure
     discards what was not yet sent (kombu's batch), and the caller cancels the run."""
     with app.producer_or_acquire() as producer, _batched(producer):
-        token = _publishing.set(producer)
+        token = _publishing.set((app, producer))
         try:
             return signature.apply_async()
         finally:

@@ -6,11 +6,13 @@ import random
 from typing import Any
 
 from celery import Task, shared_task
+from celery.utils.log import get_logger
 
-from fleet.batches import fanout_scope, next_batch, take_fanout_slot
+from fleet.batches import abandon_rest, fanout_scope, next_batch, take_fanout_slot
 from fleet.canvas import AGGREGATE, RUN_ON_HOST, publish_batch
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import finalize_run, run_host_job
+from fleet.textsafe import exception_line
 from fleet.worker import (
     action_executor,
     exec_options,
@@ -18,6 +20,8 @@ from fleet.worker import (
     worker_settings,
     worker_store,
 )
+
+log = get_logger(__name__)
 
 #: Seconds (doubled at random) before a task waiting for one of its run's --fanout slots
 #: asks again, growing by the step per retry up to the most: a long wait asks less often.
@@ -75,13 +79,18 @@ def aggregate(
         following = next_batch(store, run_id, int(batch), worker=str(self.request.hostname))
         if following is not None:
             settings = worker_settings()
-            publish_batch(
-                store,
-                run_id,
-                following,
-                embedded=settings.is_embedded,
-                app=self.app,
-                affinity_on=settings.host_affinity,
-            )
+            try:
+                publish_batch(
+                    store,
+                    run_id,
+                    following,
+                    embedded=settings.is_embedded,
+                    app=self.app,
+                    affinity_on=settings.host_affinity,
+                )
+            except Exception as exc:  # the broker, mid-batch: part of it may have gone out
+                failure = exception_line(exc)
+                log.error("fleet: run %s: batch %d not sent: %s", run_id, following + 1, failure)
+                abandon_rest(store, run_id, following, failure)
     report = finalize_run(store, run_id)
     return {"run_id": run_id, "finished": report is not None}

@@ -206,29 +206,6 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
 
     Watchdog(store, settings.watchdog_interval).start()
     _start_affinity(sender, store)
-    _wake_hub(sender)
-
-
-#: How often the worker's event loop wakes to look for a free slot (seconds).
-HUB_TICK_S = 0.02
-
-
-def _wake_hub(consumer: Any) -> None:
-    """Wake the worker's event loop every `HUB_TICK_S`.
-
-    With `worker_disable_prefetch` (Redis) the loop asks the broker for a message only
-    while a slot is free, and it checks that when it wakes; a thread finishing a task
-    does not wake it. Without a timer of its own the loop sleeps until the next timer
-    (task events' heartbeat, every 2 s, when they are on), and a host can wait behind a
-    busy worker with a free slot (fault matrix #19). A wake costs microseconds.
-    """
-    timer = getattr(consumer, "timer", None)
-    if timer is not None and hasattr(timer, "call_repeatedly"):
-        timer.call_repeatedly(HUB_TICK_S, _tick)
-
-
-def _tick() -> None:
-    """Nothing: waking the loop is the point (`_wake_hub`)."""
 
 
 _heartbeat: Any = None

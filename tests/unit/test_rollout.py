@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.batches import next_batch, take_fanout_slot
+from fleet.batches import abandon_rest, next_batch, take_fanout_slot
 from fleet.command import ExecOptions
 from fleet.errors import UsageError
 from fleet.inventory.hosts import Host
@@ -127,6 +127,30 @@ def test_next_batch_skips_the_rest_once_the_budget_is_reached(store: SqliteRunSt
     assert "1 host not ok reached" in (results["web03"].error or "")
     # Claimed by the finalizer: a late message for a skipped host never runs it.
     assert not store.claim_host("r1", "web03", "w1")
+
+
+def test_a_batch_the_broker_failed_to_take_ends_its_hosts_with_the_reason(
+    store: SqliteRunStore,
+) -> None:
+    """The chord callback publishes the next batch; if the broker fails halfway, part of
+    the batch may be queued and the rest not. Every host not started from that batch on
+    ends `error` naming the failure (not `lost` at the deadline), and a message that did
+    get through can no longer start its host."""
+    batched_run(store, max_fail=None)
+    for name in NAMES[:2]:
+        store.save_result("r1", result(name, Status.OK))
+    assert next_batch(store, "r1", 0, worker="w1") == 1
+    assert store.claim_host("r1", "web03", "w1")  # its message got through and started
+    abandon_rest(store, "r1", 1, "ConnectionError: Connection refused")
+    results = store.results("r1")
+    assert "web03" not in results  # still running, on its worker
+    for name in NAMES[3:]:
+        assert results[name].status is Status.ERROR
+        assert results[name].error == (
+            "not started: the broker failed while batch 2 was published: "
+            "ConnectionError: Connection refused"
+        )
+        assert not store.claim_host("r1", name, "w2")
 
 
 def test_no_next_batch_after_the_last_or_a_cancel(store: SqliteRunStore) -> None:
