@@ -8,9 +8,9 @@ that has a free slot (fault matrix #19; Celery sends task events from pool threa
 through ``hub.call_soon``, which is what used to wake it while they were on).
 
 So: after each task, the finishing thread asks the loop to wake (``hub.call_soon``,
-which kombu 5.7 makes wake a sleeping loop at once), and a timer every `FALLBACK_S`
-covers what that misses: a thread that wakes the loop a moment before Celery marks its
-slot free, and kombu releases whose ``call_soon`` does not wake. The timer is a consumer
+which kombu 5.7 makes wake a sleeping loop at once); the loop looks again every
+millisecond while the task still holds its slot (`_when_free`); and a timer every
+`FALLBACK_S` covers kombu releases whose ``call_soon`` does not wake. The timer is a consumer
 bootstep, so it is set again whenever the consumer restarts after a broker reconnect
 (Celery 5.6 clears the loop's timers then).
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import bootsteps
 from celery.signals import task_postrun
+from celery.worker import state
 
 #: Seconds between the loop's fallback wake-ups (an idle worker pays ~0.3 ms each).
 FALLBACK_S = 0.1
@@ -56,11 +57,29 @@ class WakeOnFreeSlot(bootsteps.StartStopStep):  # type: ignore[misc]  # celery: 
         self.stop(parent)
 
 
+#: While the finished task still holds its slot, the loop looks again this often
+#: (seconds), at most `RECHECK_TRIES` times, then leaves it to the fallback timer.
+RECHECK_S = 0.001
+RECHECK_TRIES = 20
+
+
 @task_postrun.connect  # type: ignore[untyped-decorator]
-def _after_task(**_: Any) -> None:
+def _after_task(task_id: str | None = None, **_: Any) -> None:
     hub = _hub
     if hub is not None:
-        hub.call_soon(_nothing)
+        hub.call_soon(_when_free, task_id, 0)
+
+
+def _when_free(task_id: str | None, tries: int) -> None:
+    """On the loop's thread: Celery sends `task_postrun` a moment before it marks the
+    slot free (``task_ready``, in the same pool thread); the loop woken in between sees
+    no free slot and would sleep until the fallback timer. Look again shortly instead;
+    once the slot is free the loop asks the broker for a message as it goes on."""
+    hub = _hub
+    if hub is None or tries >= RECHECK_TRIES:
+        return
+    if any(request.id == task_id for request in list(state.reserved_requests)):
+        hub.call_later(RECHECK_S, _when_free, task_id, tries + 1)
 
 
 def _nothing() -> None:
