@@ -16,7 +16,7 @@ from fleet import affinity
 from fleet.command import ExecOptions
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.lifecycle import RunRequest
-from fleet.publishing import publish
+from fleet.publishing import is_redis_backend, publish
 from fleet.results import RunRecord
 from fleet.store.protocol import RunStore
 
@@ -93,9 +93,7 @@ def counts_chord_natively(app: Any) -> bool:
     key and no PUBLISH per host on the worker, no SUBSCRIBE per message on the submitter.
     The in-memory backend of embedded mode joins the stored results, so there they stay.
     """
-    # By module, not isinstance: importing Celery's Redis backend imports redis-py,
-    # which embedded mode never needs. (fleet.publishing's subclass keeps the module.)
-    return any(c.__module__ == "celery.backends.redis" for c in type(app.backend).__mro__)
+    return is_redis_backend(app.backend)
 
 
 def _host_kwargs(run: RunRecord) -> dict[str, Any]:

@@ -174,8 +174,8 @@ DEFAULTS: dict[str, Any] = {
     # Task events (what Flower and `celery events` show, fleet.run_on_host by name) cost
     # a quarter of a worker's CPU per host (py-spy, bench/README.md): only with `-E`
     # (fleet worker -E), or `worker_send_task_events = True` in celeryconfig.py. No
-    # "task-sent" event from the submitter either. Their heartbeat used to be what woke
-    # the worker's loop for a free slot: fleet.wakeup wakes it itself.
+    # "task-sent" event from the submitter either. Sent from pool threads, they used to
+    # wake the worker's loop for a free slot as a side effect: fleet.wakeup does it now.
     "worker_send_task_events": False,
     "task_send_sent_event": False,
     "worker_hijack_root_logger": False,

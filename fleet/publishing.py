@@ -25,6 +25,8 @@ from celery.app.backends import by_url
 #: Counted in broker commands (kombu's `max_size`): an LPUSH each, plus any PEXPIRE.
 FLUSH_EVERY = 100
 
+REDIS_BACKEND_MODULE = "celery.backends.redis"
+
 _publishing: contextvars.ContextVar[Any] = contextvars.ContextVar("fleet_publishing")
 
 
@@ -45,9 +47,15 @@ class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
         # place of Celery's: should Celery rename this method, the result is only the
         # old cost, never a wrong result.
         backend, url = by_url(self.backend_cls or self.conf.result_backend, self.loader)
-        if getattr(backend, "__module__", "") == "celery.backends.redis":
+        if getattr(backend, "__module__", "") == REDIS_BACKEND_MODULE:
             backend = _submitter_backend(backend)
         return backend(app=self, url=url)
+
+
+def is_redis_backend(backend: Any) -> bool:
+    """True for Celery's Redis result backend, fleet's subclass included. By module name,
+    not isinstance: importing it imports redis-py, which embedded mode never needs."""
+    return any(c.__module__ == REDIS_BACKEND_MODULE for c in type(backend).__mro__)
 
 
 @functools.cache

@@ -25,6 +25,10 @@ from celery.worker import state
 
 #: Seconds between the loop's fallback wake-ups (an idle worker pays ~0.3 ms each).
 FALLBACK_S = 0.1
+#: While the finished task still holds its slot, the loop looks again this often
+#: (seconds), at most `RECHECK_TRIES` times, then leaves it to the fallback timer.
+RECHECK_S = 0.001
+RECHECK_TRIES = 20
 
 _hub: Any = None  # the consumer's event loop, once its bootstep started
 
@@ -55,12 +59,6 @@ class WakeOnFreeSlot(bootsteps.StartStopStep):  # type: ignore[misc]  # celery: 
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
-
-
-#: While the finished task still holds its slot, the loop looks again this often
-#: (seconds), at most `RECHECK_TRIES` times, then leaves it to the fallback timer.
-RECHECK_S = 0.001
-RECHECK_TRIES = 20
 
 
 @task_postrun.connect  # type: ignore[untyped-decorator]

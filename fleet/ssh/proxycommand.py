@@ -48,6 +48,11 @@ class ProxySocket:
         except OSError:
             self._stderr.close()
             raise
+        # poll(), not select(): a worker holding many pooled connections has descriptors
+        # above FD_SETSIZE (1024), which select() refuses. Registered once, used per recv.
+        self._readable = select.poll()
+        assert self.process.stdout is not None  # stdout=PIPE
+        self._readable.register(self.process.stdout, select.POLLIN)
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
@@ -60,11 +65,7 @@ class ProxySocket:
         socket); `socket.timeout` when nothing came within the timeout."""
         stdout = self.process.stdout
         assert stdout is not None
-        # poll(), not select(): a worker holding many pooled connections has descriptors
-        # above FD_SETSIZE (1024), which select() refuses.
-        waiter = select.poll()
-        waiter.register(stdout, select.POLLIN)
-        if not waiter.poll(None if self._timeout is None else self._timeout * 1000):
+        if not self._readable.poll(None if self._timeout is None else self._timeout * 1000):
             raise TimeoutError()
         return os.read(stdout.fileno(), size)
 
