@@ -69,14 +69,20 @@ def _after_task(task_id: str | None = None, **_: Any) -> None:
 
 
 def _when_free(task_id: str | None, tries: int) -> None:
-    """On the loop's thread: Celery sends `task_postrun` a moment before it marks the
-    slot free (``task_ready``, in the same pool thread); the loop woken in between sees
-    no free slot and would sleep until the fallback timer. Look again shortly instead;
-    once the slot is free the loop asks the broker for a message as it goes on."""
+    """On the loop's thread, where anything raised ends the worker. Celery sends
+    `task_postrun` a moment before it marks the slot free (``task_ready``, in the same
+    pool thread); the loop woken in between sees no free slot and would sleep until the
+    fallback timer. Look again shortly instead; once the slot is free the loop asks the
+    broker for a message as it goes on."""
     hub = _hub
     if hub is None or tries >= RECHECK_TRIES:
         return
-    if any(request.id == task_id for request in list(state.reserved_requests)):
+    # `state.requests` (task id -> request) is a dict, read here in one lookup: pool
+    # threads change Celery's records while the loop runs, and iterating its
+    # `reserved_requests` WeakSet then raised "Set changed size during iteration",
+    # which ended the worker. Celery drops the id there first (``task_ready``): the few
+    # instructions before the slot's record goes too are left to the fallback timer.
+    if task_id is not None and task_id in state.requests:
         hub.call_later(RECHECK_S, _when_free, task_id, tries + 1)
 
 
