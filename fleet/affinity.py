@@ -22,7 +22,11 @@ reuses a connection only when the host lands on the worker that opened it. Here:
   registration has expired (`TTL_S`, `Heartbeat.reclaim`), where any worker takes them;
   the claims (`fleet.lifecycle.run_host_job`) keep each host at most once, and a
   message moved after the run's deadline has expired and is dropped (the host ends
-  `lost`, as without affinity). A graceful shutdown unregisters at once.
+  `lost`, as without affinity). A worker that stops (a warm shutdown, or Celery's
+  shutdown after an unrecoverable error) expires its registration at once
+  (`RunStore.retire_worker`), so the others reclaim its queue within a heartbeat: a
+  registration simply dropped would leave the messages still waiting there behind,
+  until the run's deadline.
 
 The message moved keeps its body, headers and signature (`fleet.signing`): it is the
 same task message on another queue.
@@ -52,6 +56,8 @@ TTL_S = 10.0
 FRESH_S = 5.0
 #: An expired registration is kept (and its queue reclaimed) this long, then dropped.
 REAP_AFTER_S = 120.0
+#: Seconds a stopping worker waits for its heartbeat thread to expire its registration.
+STOP_WAIT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +121,48 @@ class Heartbeat:
         self.queues = tuple(queues)
         self.personal = personal
         self._stop = threading.Event()
+        self._retired = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-affinity", daemon=True)
 
     def start(self) -> None:
         self._beat()
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop beating and unregister (a graceful shutdown routes no more hosts here)."""
+    def leave(self) -> None:
+        """Stop beating; the heartbeat thread expires the registration on its way out.
+        Safe in a signal handler (it only sets an event): called when a warm shutdown
+        begins, so that no run is routed to this worker while it finishes its tasks."""
         self._stop.set()
+
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
+        """`leave`, and wait up to `timeout_s` seconds for the registration to be
+        expired (expiring it here if the thread never ran or is stuck): no more hosts
+        are routed here, and the other workers move what still waits in the personal
+        queue."""
+        self.leave()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if not self._retired.is_set():
+            self._retire()
+
+    def _retire(self) -> None:
         try:
-            self._store.unregister_worker(self.queues, self.personal)
+            self._store.retire_worker(self.queues, self.personal)
+            self._retired.set()
         except FleetError as exc:
-            log.warning("fleet: affinity: not unregistered: %s", exc)
+            log.warning("fleet: affinity: registration not expired: %s", exc)
 
     def _beat(self) -> None:
         self._store.register_worker(self.queues, self.personal, TTL_S)
 
     def _loop(self) -> None:
+        try:
+            self._beat_until_stopped()
+        finally:
+            # Here, not in `stop`: a beat still under way would register it again.
+            self._retire()
+
+    def _beat_until_stopped(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._beat()

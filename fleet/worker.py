@@ -19,7 +19,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from celery.utils.log import get_logger
 
 from fleet import celery_config, signing
@@ -275,6 +281,14 @@ def _say_weakened_settings(consumer: Any, controller: Any) -> None:
             multiplier,
             multiplier - 1,
         )
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _leave(**_: Any) -> None:
+    # In Celery's signal handler, as the shutdown begins: a warm shutdown may wait long
+    # for running tasks, and no run should be routed here meanwhile.
+    if _heartbeat is not None:
+        _heartbeat.leave()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]

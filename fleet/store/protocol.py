@@ -207,8 +207,10 @@ class RunStore(Protocol):
         """Register (or refresh) a worker's personal queue `personal` under each plain
         queue of `queues` it serves, for `ttl_s` seconds (`fleet.affinity`)."""
 
-    def unregister_worker(self, queues: Sequence[str], personal: str) -> None:
-        """Drop the registration of `personal` under `queues` (nothing if absent)."""
+    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+        """Expire the registration of `personal` under `queues` now, without dropping it:
+        no submitter routes to it any more, and `expired_workers` lists it so that the
+        other workers move the messages still in its queue (`fleet.affinity`)."""
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
         """Per queue of `queues`, the personal queues whose registration holds more than

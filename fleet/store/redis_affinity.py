@@ -52,7 +52,7 @@ def _text(value: Any) -> str:
 
 
 class RedisAffinity(RedisPart):
-    """`register_worker`, `unregister_worker`, `live_workers`, `expired_workers` of the
+    """`register_worker`, `retire_worker`, `live_workers`, `expired_workers` of the
     `RunStore` protocol."""
 
     _prefix: str
@@ -72,12 +72,9 @@ class RedisAffinity(RedisPart):
                 keys=[self._workers_key(q) for q in queues], args=[personal, ttl_s, KEY_TTL_S]
             )
 
-    def unregister_worker(self, queues: Sequence[str], personal: str) -> None:
-        with self._guard():
-            pipe = self._client.pipeline(transaction=False)
-            for queue in queues:
-                pipe.zrem(self._workers_key(queue), personal)
-            pipe.execute()
+    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+        # Registered until now: expired at once, and reclaimed like a lapsed heartbeat.
+        self.register_worker(queues, personal, 0.0)
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
         return self._select_workers(queues, "live", min_left_s)

@@ -13,13 +13,13 @@ from fleet.store.parts import SqlitePart
 
 
 class SqliteAffinity(SqlitePart):
-    """`register_worker`, `unregister_worker`, `live_workers`, `expired_workers` of the
+    """`register_worker`, `retire_worker`, `live_workers`, `expired_workers` of the
     `RunStore` protocol: nothing registered, so no affinity."""
 
     def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
         return None
 
-    def unregister_worker(self, queues: Sequence[str], personal: str) -> None:
+    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
         return None
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:

@@ -118,3 +118,40 @@ def test_worker_killed_mid_run_every_host_accounted_for(
     assert broker.llen(personal) == 0
     ledger.assert_at_most_once()
     broker.close()
+
+
+def test_worker_stopped_mid_run_hands_its_waiting_hosts_over(
+    fresh_redis: RedisServer,
+    ssh_fleet: SSHFleet,
+    start_worker: StartWorker,
+    ledger: Ledger,
+    tmp_path: Path,
+) -> None:
+    """A warm shutdown (SIGTERM: a deploy, a restart; Celery's shutdown also follows an
+    unrecoverable error) mid-run: the host it runs finishes, and the messages still
+    waiting in its personal queue go to the other worker, so every host ends `ok`
+    instead of `lost` at the deadline. Nothing runs twice."""
+    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
+    workers = [start_worker(name=f"affstop{k}", concurrency=1, env=cli.env) for k in (1, 2)]
+    wait_until(lambda: len(_live(fresh_redis)) == 2)
+    names = {h.name for h in ssh_fleet.hosts}
+    queues = [personal_queue(w.node_name) for w in workers]
+    routed = [choose(n, queues) for n in names]
+    leaving, survivor = sorted(workers, key=lambda w: -routed.count(personal_queue(w.node_name)))
+    proc = cli.popen(
+        ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "60",
+         "--timeout", "10", "--json"]
+    )  # fmt: skip
+    broker = redis.Redis.from_url(fresh_redis.url)
+    personal = personal_queue(leaving.node_name)
+    wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
+    leaving.stop(timeout=30)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    doc = json.loads(out)
+    got = statuses(doc)
+    assert got == dict.fromkeys(names, "ok"), got
+    assert survivor.node_name in {r["worker"] for r in doc["results"]}
+    assert broker.llen(personal) == 0
+    ledger.assert_at_most_once()
+    broker.close()

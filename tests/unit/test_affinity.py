@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fleet.affinity import FRESH_S, TTL_S, choose, personal_queue, routes, served_queues
+from fleet.affinity import (
+    FRESH_S,
+    TTL_S,
+    Heartbeat,
+    choose,
+    personal_queue,
+    routes,
+    served_queues,
+)
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
 
@@ -58,3 +66,39 @@ def test_no_routes_embedded_or_when_the_store_cannot_say() -> None:
 
 def test_served_queues_leave_out_personal_ones() -> None:
     assert served_queues({"fleet": 1, "dc1": 1, "fleet.w.a@n": 1}) == ["dc1", "fleet"]
+
+
+class _Registrations:
+    """A stand-in store recording what a `Heartbeat` registers and retires."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+        self.calls.append("register")
+
+    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+        self.calls.append("retire")
+
+    def expired_workers(self, queues: Sequence[str], drop_after_s: float) -> dict[str, list[str]]:
+        return {}
+
+
+def test_a_stopping_worker_expires_its_registration_last() -> None:
+    # Expired, not dropped: the other workers then move what waits in its queue; and
+    # after its last beat, or that beat would make it live again.
+    store = _Registrations()
+    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat.start()
+    beat.leave()
+    beat.stop()
+    assert store.calls[0] == "register"
+    assert store.calls[-1] == "retire"
+    assert store.calls.count("retire") == 1
+
+
+def test_a_worker_whose_heartbeat_never_ran_still_retires() -> None:
+    store = _Registrations()
+    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat.stop()
+    assert store.calls == ["retire"]
