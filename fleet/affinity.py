@@ -122,6 +122,9 @@ class Heartbeat:
         self.personal = personal
         self._stop = threading.Event()
         self._retired = threading.Event()
+        # A beat and the retiring never interleave: a beat landing after the retiring
+        # would make a stopped worker live again for TTL_S.
+        self._registration = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="fleet-affinity", daemon=True)
 
     def start(self) -> None:
@@ -130,9 +133,11 @@ class Heartbeat:
 
     def leave(self) -> None:
         """Stop beating; the heartbeat thread expires the registration on its way out.
-        Safe in a signal handler (it only sets an event): called when a warm shutdown
-        begins, so that no run is routed to this worker while it finishes its tasks."""
-        self._stop.set()
+        Called from Celery's signal handler when a warm shutdown begins, so that no run
+        is routed here while the worker finishes its tasks: it only sets an event, once
+        (``Event.set`` takes a lock a second signal must not wait for)."""
+        if not self._stop.is_set():
+            self._stop.set()
 
     def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
         """`leave`, and wait up to `timeout_s` seconds for the registration to be
@@ -146,14 +151,17 @@ class Heartbeat:
             self._retire()
 
     def _retire(self) -> None:
-        try:
-            self._store.retire_worker(self.queues, self.personal)
-            self._retired.set()
-        except FleetError as exc:
-            log.warning("fleet: affinity: registration not expired: %s", exc)
+        with self._registration:
+            try:
+                self._store.retire_worker(self.queues, self.personal)
+                self._retired.set()
+            except FleetError as exc:
+                log.warning("fleet: affinity: registration not expired: %s", exc)
 
     def _beat(self) -> None:
-        self._store.register_worker(self.queues, self.personal, TTL_S)
+        with self._registration:
+            if not self._stop.is_set():
+                self._store.register_worker(self.queues, self.personal, TTL_S)
 
     def _loop(self) -> None:
         try:

@@ -102,3 +102,13 @@ def test_a_worker_whose_heartbeat_never_ran_still_retires() -> None:
     beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
     beat.stop()
     assert store.calls == ["retire"]
+
+
+def test_no_beat_after_the_worker_began_to_leave() -> None:
+    # A beat still under way when the shutdown began must not register it again.
+    store = _Registrations()
+    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat.leave()
+    beat._beat()
+    beat.stop()
+    assert store.calls == ["retire"]
