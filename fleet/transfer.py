@@ -53,11 +53,12 @@ def run_action(
     if action.kind == FETCH:
         return fetch(store, run_id, host, action, options, limit)
     assert action.file is not None  # checked by Action
-    try:
-        source = _cache.path(store, run_id, action.file)
-    except FleetError as exc:
-        return _error(host, f"the staged file is unavailable on this worker: {exc}")
-    return (run_script if action.kind == SCRIPT else copy)(host, action, source, options)
+    with contextlib.ExitStack() as held:  # the cached file stays until the upload is done
+        try:
+            source = held.enter_context(_cache.use(store, run_id, action.file))
+        except FleetError as exc:
+            return _error(host, f"the staged file is unavailable on this worker: {exc}")
+        return (run_script if action.kind == SCRIPT else copy)(host, action, source, options)
 
 
 def _helper(options: ExecOptions, *, become: bool | None = False) -> ExecOptions:
