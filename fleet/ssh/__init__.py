@@ -118,13 +118,20 @@ def _open(
 ) -> tuple[Lease, T]:
     """A lease and a fresh channel on it; nothing has run on the host yet, so two
     retries are safe: a pooled transport found dead is replaced once, and a refused
-    channel (OpenSSH `MaxSessions`) is tried once more on another transport."""
+    channel (OpenSSH `MaxSessions`) is tried once more on another transport. A
+    `ConnectFailure` from `opener` (the transport is up but the server refused what
+    was asked, e.g. the SFTP subsystem) is the host's answer: no retry, no discard."""
     avoid: Any = None
     replaced_dead = False
     while True:
         lease = pool.acquire(target, options, avoid=avoid)
         try:
             return lease, pool.open_channel(lease, opener)
+        except ConnectFailure:
+            # The opener's verdict on a live transport (e.g. no SFTP subsystem): the
+            # connection is sound and may be carrying other threads' commands.
+            pool.release(lease)
+            raise
         except (paramiko.ChannelException, SessionRefused) as exc:
             pool.release(lease)
             if avoid is None:

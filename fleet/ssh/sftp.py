@@ -18,7 +18,9 @@ from typing import IO, Any
 
 import paramiko
 
-from fleet.ssh.command import bounded_request
+from fleet.results import Status
+from fleet.ssh.command import StartTimeout, bounded_request
+from fleet.ssh.errors import ConnectFailure, SessionRefused
 
 _CHUNK = 32768
 
@@ -27,11 +29,55 @@ class TransferTimeout(Exception):
     """The transfer ran past its deadline (raised from paramiko's progress callback)."""
 
 
+#: The host's trouble when the server refuses the "sftp" subsystem request.
+SUBSYSTEM_REFUSED = (
+    "SFTP subsystem refused by the server (is `Subsystem sftp` configured in sshd_config?)"
+)
+
+
 def open_sftp(transport: Any, timeout: float) -> paramiko.SFTPClient:
-    channel = transport.open_session(timeout=timeout)
-    channel.settimeout(timeout)
-    bounded_request(channel, lambda: channel.invoke_subsystem("sftp"), timeout)
-    return paramiko.SFTPClient(channel)
+    """An SFTP client on a new session channel of `transport`, within `timeout`.
+
+    As `start_command` for an exec request: a refused session channel raises
+    `paramiko.ChannelException` or `SessionRefused`, an unanswered request
+    `StartTimeout`. A server that refuses the subsystem, or whose SFTP server fails
+    to start, while the transport stays up raises `ConnectFailure` (status ERROR):
+    the connection is sound and shared, so it must not be taken for a dead one.
+    Other errors (the transport is down) propagate.
+    """
+    try:
+        channel = transport.open_session(timeout=timeout)
+    except paramiko.ChannelException:
+        raise
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        if transport.is_active():
+            raise SessionRefused(str(exc) or type(exc).__name__) from None
+        raise
+    try:
+        channel.settimeout(timeout)
+        try:
+            bounded_request(channel, lambda: channel.invoke_subsystem("sftp"), timeout)
+        except (paramiko.SSHException, EOFError, OSError):
+            if transport.is_active():
+                raise ConnectFailure(Status.ERROR, SUBSYSTEM_REFUSED) from None
+            raise
+        try:
+            return paramiko.SFTPClient(channel)
+        except TimeoutError:  # no version reply from the SFTP server
+            raise StartTimeout from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if transport.is_active():
+                raise ConnectFailure(
+                    Status.ERROR,
+                    "SFTP subsystem failed to start on the server "
+                    f"({str(exc) or type(exc).__name__}; is its `Subsystem sftp` "
+                    "server working?)",
+                ) from None
+            raise
+    except BaseException:
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            channel.close()
+        raise
 
 
 def _deadline_callback(deadline: float) -> Any:

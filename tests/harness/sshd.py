@@ -119,6 +119,7 @@ class SSHDProcess:
         authorized_keys: Path,
         home: Path,
         max_startups: str | None = RAISED_MAX_STARTUPS,
+        sftp: str | None = "internal-sftp",
     ) -> None:
         if not 0 < len(hosts) <= MAX_ADDRESSES_PER_SSHD:
             raise ValueError(f"one sshd serves 1 to {MAX_ADDRESSES_PER_SSHD} addresses")
@@ -131,6 +132,7 @@ class SSHDProcess:
         self._authorized_keys = authorized_keys
         self._home = home
         self._max_startups = max_startups
+        self._sftp = sftp
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -142,6 +144,9 @@ class SSHDProcess:
         # None: no MaxStartups line, so sshd keeps its stock 10:30:100 (a real bastion's).
         if self._max_startups is not None:
             listen += f"MaxStartups {self._max_startups}\n"
+        # None: no sftp subsystem, so sshd refuses the request (CHANNEL_FAILURE).
+        if self._sftp is not None:
+            listen += f"Subsystem sftp {self._sftp}\n"
         return listen + "\n".join(
             [
                 f"HostKey {self.hosts[0].host_key_path}",
@@ -163,7 +168,6 @@ class SSHDProcess:
                 "X11Forwarding no",
                 "PrintMotd no",
                 "PrintLastLog no",
-                "Subsystem sftp internal-sftp",
                 "LogLevel ERROR",
                 "",
             ]
@@ -210,7 +214,9 @@ class SSHFleet:
 
     `first` offsets host indexes (h02 is index 0) so that several fleets can coexist;
     `own_key` names hosts that get a host key (and an sshd process) of their own;
-    `max_startups` is every process's ``MaxStartups`` (None: sshd's stock 10:30:100).
+    `max_startups` is every process's ``MaxStartups`` (None: sshd's stock 10:30:100);
+    `sftp` is every process's ``Subsystem sftp`` command (None: no sftp subsystem, the
+    request is refused; e.g. ``/bin/false``: an SFTP server that fails at once).
     """
 
     def __init__(
@@ -221,8 +227,10 @@ class SSHFleet:
         own_key: Iterable[str] = (),
         per_process: int = MAX_ADDRESSES_PER_SSHD,
         max_startups: str | None = RAISED_MAX_STARTUPS,
+        sftp: str | None = "internal-sftp",
     ) -> None:
         self.max_startups = max_startups
+        self.sftp = sftp
         self.dir = Path(directory or tempfile.mkdtemp(prefix="fleet-sshd-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -255,6 +263,7 @@ class SSHFleet:
             self.authorized_keys,
             self.home,
             self.max_startups,
+            self.sftp,
         )
         for host in hosts:
             self._serving[host.name] = process
