@@ -82,7 +82,7 @@ def wait_registered(env: Mapping[str, str], names: Sequence[str]) -> None:
     from fleet.settings import Settings
     from fleet.store import open_store
 
-    want = {affinity.personal_queue(node_name(n)) for n in names}
+    want = {affinity.personal_queue(node_name(n), "fleet") for n in names}
     store = open_store(Settings.load(env))
     try:
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
@@ -235,7 +235,7 @@ def sleep_threads(hosts: Sequence[str], names: Sequence[str]) -> dict[str, Any]:
 
     n, w = len(hosts), len(names)
     if w >= 2:
-        queues = [affinity.personal_queue(node_name(x)) for x in names]
+        queues = [affinity.personal_queue(node_name(x), "fleet") for x in names]
         busiest = max(Counter(affinity.choose(h, queues) for h in hosts).values())
     else:
         busiest = n

@@ -3,10 +3,13 @@
 Every worker process keeps its own connection pool (`fleet.ssh.pool`), so a warm run
 reuses a connection only when the host lands on the worker that opened it. Here:
 
-- each distributed worker also consumes a **personal queue**, ``fleet.w.<node name>``
-  (`personal_queue`), and registers it, with a heartbeat, under every queue it serves
-  in the run store (`RunStore.register_worker`: a sorted set per queue, scored by the
-  store's own clock);
+- each distributed worker also consumes a **personal queue** per plain queue it serves,
+  ``fleet.w.<queue>/<node name>`` (`personal_queue`), and registers each, with a
+  heartbeat, under its plain queue in the run store (`RunStore.register_worker`: a
+  sorted set per queue, scored by the store's own clock). One per plain queue, not one
+  per worker: a message waiting in a personal queue then always belongs to that plain
+  queue, so failover puts it back where it came from (a worker of ``-Q web,dc2`` that
+  dies must not hand dc2's hosts to a worker of ``web`` in another datacenter);
 - the submitter (`routes`, called by `fleet.canvas.build_canvas`'s callers) maps each
   host to one of the live workers serving the host's queue by **rendezvous hashing**
   (highest-random-weight, `choose`): stable while the set of workers is, and when a
@@ -62,9 +65,10 @@ STOP_WAIT_S = 5.0
 log = logging.getLogger(__name__)
 
 
-def personal_queue(node: str) -> str:
-    """The personal queue of the worker named `node` (Celery's ``name@host``)."""
-    return PERSONAL_PREFIX + node
+def personal_queue(node: str, queue: str) -> str:
+    """The personal queue of the worker named `node` (Celery's ``name@host``) for the
+    plain queue `queue`: ``fleet.w.<queue>/<node>`` (a name, never parsed back)."""
+    return f"{PERSONAL_PREFIX}{queue}/{node}"
 
 
 def choose(host: str, workers: Sequence[str]) -> str:
@@ -112,14 +116,14 @@ class Heartbeat:
     """A worker's registration: a daemon thread refreshing it every `HEARTBEAT_S` and
     reclaiming the personal queues of workers that stopped (`reclaim`).
 
-    `queues`: the plain queues the worker serves; `personal`: its personal queue;
+    `personals`: plain queue -> this worker's personal queue for it (`personal_queue`);
     `app`: the Celery app (its broker connection moves reclaimed messages)."""
 
-    def __init__(self, store: RunStore, app: Any, queues: Sequence[str], personal: str) -> None:
+    def __init__(self, store: RunStore, app: Any, personals: Mapping[str, str]) -> None:
         self._store = store
         self._app = app
-        self.queues = tuple(queues)
-        self.personal = personal
+        self.personals = dict(personals)
+        self.queues = tuple(self.personals)
         self._stop = threading.Event()
         self._retired = threading.Event()
         # A beat and the retiring never interleave: a beat landing after the retiring
@@ -153,7 +157,8 @@ class Heartbeat:
     def _retire(self) -> None:
         with self._registration:
             try:
-                self._store.retire_worker(self.queues, self.personal)
+                for queue, personal in self.personals.items():
+                    self._store.retire_worker([queue], personal)
                 self._retired.set()
             except FleetError as exc:
                 log.warning("fleet: affinity: registration not expired: %s", exc)
@@ -161,7 +166,8 @@ class Heartbeat:
     def _beat(self) -> None:
         with self._registration:
             if not self._stop.is_set():
-                self._store.register_worker(self.queues, self.personal, TTL_S)
+                for queue, personal in self.personals.items():
+                    self._store.register_worker([queue], personal, TTL_S)
 
     def _loop(self) -> None:
         try:
@@ -171,6 +177,7 @@ class Heartbeat:
             self._retire()
 
     def _beat_until_stopped(self) -> None:
+        own = set(self.personals.values())
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._beat()
@@ -178,7 +185,7 @@ class Heartbeat:
                     self.queues, REAP_AFTER_S
                 ).items():
                     for orphan in orphans:
-                        if orphan != self.personal:
+                        if orphan not in own:
                             self.reclaim(orphan, queue)
             except Exception as exc:  # the store or broker down: try again next beat
                 log.warning("fleet: affinity heartbeat: %s: %s", type(exc).__name__, exc)

@@ -226,10 +226,11 @@ def _start_affinity(consumer: Any, store: RunStore) -> None:
     if not hostname or not hasattr(consumer, "add_task_queue"):
         return
     queues = affinity.served_queues(consumer.app.amqp.queues.consume_from)
-    personal = affinity.personal_queue(str(hostname))
+    personals = {q: affinity.personal_queue(str(hostname), q) for q in queues}
     try:
-        consumer.add_task_queue(personal)
-        _heartbeat = affinity.Heartbeat(store, consumer.app, queues, personal)
+        for personal in personals.values():
+            consumer.add_task_queue(personal)
+        _heartbeat = affinity.Heartbeat(store, consumer.app, personals)
         _heartbeat.start()
     except Exception as exc:  # no affinity is slower, not wrong: the plain queues serve
         log.warning("fleet: host affinity off on this worker: %s: %s", type(exc).__name__, exc)

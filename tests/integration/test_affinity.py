@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 import redis
+import yaml
 
 from fleet.affinity import FRESH_S, TTL_S, choose, personal_queue
 from fleet.store.redis_store import RedisRunStore
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
-from tests.harness.sshd import SSHFleet
-from tests.harness.workers import StartWorker
+from tests.harness.sshd import MakeFleet, SSHFleet
+from tests.harness.workers import CeleryWorker, StartWorker
 from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 
@@ -27,12 +28,16 @@ def _cli(server: RedisServer, fleet: SSHFleet, tmp_path: Path) -> FleetCLI:
     return FleetCLI(fleet.write_inventory(tmp_path / "inventory.yaml"), env)
 
 
-def _live(server: RedisServer) -> list[str]:
+def _live(server: RedisServer, queue: str = "fleet") -> list[str]:
     store = RedisRunStore.from_url(server.url)
     try:
-        return sorted(store.live_workers(["fleet"], TTL_S - FRESH_S).get("fleet", []))
+        return sorted(store.live_workers([queue], TTL_S - FRESH_S).get(queue, []))
     finally:
         store.close()
+
+
+def _personal(worker: CeleryWorker, queue: str = "fleet") -> str:
+    return personal_queue(worker.node_name, queue)
 
 
 def _run(cli: FleetCLI, args: list[str]) -> dict[str, object]:
@@ -72,7 +77,8 @@ def test_worker_gone_before_the_run_gets_no_hosts(
     first = _run(cli, ["true"])
     assert set(statuses(first).values()) == {"ok"}
     doomed.kill()  # SIGKILL: no unregistering, its heartbeat just stops
-    wait_until(lambda: _live(fresh_redis) == [personal_queue(survivor.node_name)], timeout=30)
+    alone = [personal_queue(survivor.node_name, "fleet")]
+    wait_until(lambda: _live(fresh_redis) == alone, timeout=30)
     second = _run(cli, ["true"])
     assert set(statuses(second).values()) == {"ok"}, statuses(second)
     assert {r["worker"] for r in second["results"]} == {survivor.node_name}  # type: ignore[attr-defined]
@@ -94,15 +100,15 @@ def test_worker_killed_mid_run_every_host_accounted_for(
     wait_until(lambda: len(_live(fresh_redis)) == 2)
     names = {h.name for h in ssh_fleet.hosts}
     # The worker with more hosts routed to it (with 6 hosts, 3 or more) is the one killed.
-    queues = [personal_queue(w.node_name) for w in workers]
+    queues = [personal_queue(w.node_name, "fleet") for w in workers]
     routed = [choose(n, queues) for n in names]
-    doomed, survivor = sorted(workers, key=lambda w: -routed.count(personal_queue(w.node_name)))
+    doomed, survivor = sorted(workers, key=lambda w: -routed.count(_personal(w)))
     proc = cli.popen(
         ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "40",
          "--timeout", "5", "--json"]
     )  # fmt: skip
     broker = redis.Redis.from_url(fresh_redis.url)
-    personal = personal_queue(doomed.node_name)
+    personal = personal_queue(doomed.node_name, "fleet")
     # It started a host and still has others waiting for it.
     wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
     doomed.kill()
@@ -135,15 +141,15 @@ def test_worker_stopped_mid_run_hands_its_waiting_hosts_over(
     workers = [start_worker(name=f"affstop{k}", concurrency=1, env=cli.env) for k in (1, 2)]
     wait_until(lambda: len(_live(fresh_redis)) == 2)
     names = {h.name for h in ssh_fleet.hosts}
-    queues = [personal_queue(w.node_name) for w in workers]
+    queues = [personal_queue(w.node_name, "fleet") for w in workers]
     routed = [choose(n, queues) for n in names]
-    leaving, survivor = sorted(workers, key=lambda w: -routed.count(personal_queue(w.node_name)))
+    leaving, survivor = sorted(workers, key=lambda w: -routed.count(_personal(w)))
     proc = cli.popen(
         ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "60",
          "--timeout", "10", "--json"]
     )  # fmt: skip
     broker = redis.Redis.from_url(fresh_redis.url)
-    personal = personal_queue(leaving.node_name)
+    personal = personal_queue(leaving.node_name, "fleet")
     wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
     leaving.stop(timeout=30)
     out, err = proc.communicate(timeout=120)
@@ -153,5 +159,82 @@ def test_worker_stopped_mid_run_hands_its_waiting_hosts_over(
     assert got == dict.fromkeys(names, "ok"), got
     assert survivor.node_name in {r["worker"] for r in doc["results"]}
     assert broker.llen(personal) == 0
+    ledger.assert_at_most_once()
+    broker.close()
+
+
+def test_a_dead_worker_of_two_queues_hands_each_host_back_to_its_own_queue(
+    fresh_redis: RedisServer,
+    make_ssh_fleet: MakeFleet,
+    start_worker: StartWorker,
+    ledger: Ledger,
+    tmp_path: Path,
+) -> None:
+    """Per-datacenter queues survive failover. One worker serves ``fleet`` and ``dc2``
+    and is SIGKILLed mid-run with hosts of both queues waiting for it: each host goes
+    back to its own queue and runs on a worker of that queue, never on the other
+    datacenter's worker. Nothing runs twice."""
+    hosts = make_ssh_fleet(12)
+    plain_hosts, dc2_hosts = hosts.hosts[:6], hosts.hosts[6:]
+    inventory = tmp_path / "inventory.yaml"
+    groups = {}
+    for group, members, extra in (("web", plain_hosts, {}), ("dc2", dc2_hosts, {"queue": "dc2"})):
+        written = yaml.safe_load(
+            hosts.write_inventory(tmp_path / f"{group}.yaml", members, group, extra).read_text()
+        )
+        groups.update(written["groups"])
+    inventory.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    env = fleet_env(fresh_redis.url, hosts.known_hosts, tmp_path / "home")
+    env["FLEET_HOST_AFFINITY"] = "1"
+    cli = FleetCLI(inventory, env)
+    both = start_worker(name="affq-both", queues=("fleet", "dc2"), concurrency=1, env=env)
+    plain = start_worker(name="affq-plain", queues=("fleet",), concurrency=1, env=env)
+    dc2 = start_worker(name="affq-dc2", queues=("dc2",), concurrency=1, env=env)
+    wait_until(lambda: len(_live(fresh_redis)) == 2 and len(_live(fresh_redis, "dc2")) == 2)
+    mine = {
+        queue: [
+            h.name
+            for h in members
+            if choose(h.name, [_personal(w, queue) for w in pair]) == _personal(both, queue)
+        ]
+        for queue, members, pair in (
+            ("fleet", plain_hosts, (both, plain)),
+            ("dc2", dc2_hosts, (both, dc2)),
+        )
+    }
+    # Deterministic (rendezvous hashing of fixed names): the doomed worker has several
+    # hosts of each queue, so some of both are still waiting when it dies.
+    assert len(mine["fleet"]) >= 2 and len(mine["dc2"]) >= 2, mine
+    proc = cli.popen(
+        ["run", ledger.command("sleep 2"), "--group", "web:dc2", "--deadline", "40",
+         "--timeout", "5", "--json"]
+    )  # fmt: skip
+    broker = redis.Redis.from_url(fresh_redis.url)
+    waiting = [_personal(both, "fleet"), _personal(both, "dc2")]
+    wait_until(
+        lambda: (
+            bool(set(ledger.hosts()) & set(mine["fleet"] + mine["dc2"]))
+            and all(broker.llen(q) >= 1 for q in waiting)
+        ),
+        timeout=30,
+    )
+    both.kill()
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    doc = json.loads(out)
+    got = statuses(doc)
+    assert set(got) == {h.name for h in hosts.hosts}
+    assert set(got.values()) <= {"ok", "lost"}, got
+    assert list(got.values()).count("lost") <= 1, got
+    ran_on = {r["host"]: r["worker"] for r in doc["results"] if r["status"] == "ok"}
+    assert {ran_on[h.name] for h in plain_hosts if h.name in ran_on} <= {
+        both.node_name,
+        plain.node_name,
+    }, ran_on
+    assert {ran_on[h.name] for h in dc2_hosts if h.name in ran_on} <= {
+        both.node_name,
+        dc2.node_name,
+    }, ran_on
+    assert all(broker.llen(q) == 0 for q in waiting)
     ledger.assert_at_most_once()
     broker.close()

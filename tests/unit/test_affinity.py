@@ -35,7 +35,7 @@ def _hosts(n: int, queue: str | None = None) -> list[Host]:
 
 
 def test_choice_is_stable_and_moves_only_the_gone_workers_hosts() -> None:
-    three = [personal_queue(f"w{k}@n") for k in range(3)]
+    three = [personal_queue(f"w{k}@n", "fleet") for k in range(3)]
     names = [f"h{i}" for i in range(600)]
     before = {n: choose(n, three) for n in names}
     assert before == {n: choose(n, list(reversed(three))) for n in names}
@@ -88,7 +88,7 @@ def test_a_stopping_worker_expires_its_registration_last() -> None:
     # Expired, not dropped: the other workers then move what waits in its queue; and
     # after its last beat, or that beat would make it live again.
     store = _Registrations()
-    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat = Heartbeat(store, app=None, personals={"fleet": personal_queue("w@n", "fleet")})  # type: ignore[arg-type]
     beat.start()
     beat.leave()
     beat.stop()
@@ -99,7 +99,7 @@ def test_a_stopping_worker_expires_its_registration_last() -> None:
 
 def test_a_worker_whose_heartbeat_never_ran_still_retires() -> None:
     store = _Registrations()
-    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat = Heartbeat(store, app=None, personals={"fleet": personal_queue("w@n", "fleet")})  # type: ignore[arg-type]
     beat.stop()
     assert store.calls == ["retire"]
 
@@ -107,7 +107,7 @@ def test_a_worker_whose_heartbeat_never_ran_still_retires() -> None:
 def test_no_beat_after_the_worker_began_to_leave() -> None:
     # A beat still under way when the shutdown began must not register it again.
     store = _Registrations()
-    beat = Heartbeat(store, app=None, queues=["fleet"], personal=personal_queue("w@n"))  # type: ignore[arg-type]
+    beat = Heartbeat(store, app=None, personals={"fleet": personal_queue("w@n", "fleet")})  # type: ignore[arg-type]
     beat.leave()
     beat._beat()
     beat.stop()
