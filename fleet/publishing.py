@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,8 +27,6 @@ FLUSH_EVERY = 100
 
 REDIS_BACKEND_MODULE = "celery.backends.redis"
 
-log = logging.getLogger(__name__)
-
 _publishing: contextvars.ContextVar[Any] = contextvars.ContextVar("fleet_publishing")
 
 
@@ -41,8 +38,7 @@ class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
     def producer_or_acquire(self, producer: Any = None) -> Any:
         if producer is None:
             chosen = _publishing.get(None)
-            # Another app keeps its own broker; None: no batching producer chosen.
-            if chosen is not None and chosen[0] is self and chosen[1] is not None:
+            if chosen is not None and chosen[0] is self:  # another app keeps its broker
                 return contextlib.nullcontext(chosen[1])
         return super().producer_or_acquire(producer)
 
@@ -87,54 +83,14 @@ def _submitter_backend(redis_backend: Any) -> Any:
 def publish(signature: Any, app: Any) -> Any:
     """``signature.apply_async()`` with its messages sent in pipelines of
     `FLUSH_EVERY` commands where the broker transport supports it (kombu >= 5.7 on
-    Redis). Returns what ``apply_async`` returns.
-
-    A pipeline is sent once, never retried (kombu's ``BatchPublishError``: "delivery is
-    uncertain"), so a broker blip mid-publish is met by sending the whole canvas again
-    the way Celery sends it, one message at a time under its publish retry policy
-    (``task_publish_retry_policy``). The signature is frozen first, so the second
-    sending carries the same task ids: a message that got through twice is refused by
-    the host's claim (`fleet.lifecycle.run_host_job`), and Celery's Redis backend counts
-    a chord member once per task id. Raises what that second ``apply_async`` raises
-    (the broker still down: the caller cancels the run)."""
-    with _publishing_for(app, None):  # frozen results subscribe too, outside it
-        signature.freeze()
-    try:
-        with (
-            app.producer_or_acquire() as producer,
-            _batched(producer),
-            _publishing_for(app, producer),
-        ):
+    Redis). Returns what ``apply_async`` returns. Raises what it raises; a failure
+    discards what was not yet sent (kombu's batch), and the caller cancels the run."""
+    with app.producer_or_acquire() as producer, _batched(producer):
+        token = _publishing.set((app, producer))
+        try:
             return signature.apply_async()
-    except _broker_errors(app) as exc:
-        log.warning(
-            "fleet: broker failed mid-publish (%s: %s); sending again, one message at a time",
-            type(exc).__name__,
-            exc,
-        )
-    with _publishing_for(app, None):
-        return signature.apply_async()
-
-
-@contextlib.contextmanager
-def _publishing_for(app: Any, producer: Any) -> Iterator[None]:
-    """Inside: `app` subscribes to no result, and publishes with `producer` (None:
-    Celery's own producer pool, one message at a time)."""
-    token = _publishing.set((app, producer))
-    try:
-        yield
-    finally:
-        _publishing.reset(token)
-
-
-def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
-    """What a failed publish raises: kombu's, and the transport's connection errors."""
-    from kombu import exceptions
-
-    batch_error = getattr(exceptions, "BatchPublishError", exceptions.OperationalError)
-    with app.connection_for_write() as conn:  # not connected: only its error classes
-        transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
-    return (batch_error, exceptions.OperationalError, *transport_errors)
+        finally:
+            _publishing.reset(token)
 
 
 @contextlib.contextmanager

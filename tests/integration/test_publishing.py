@@ -9,11 +9,8 @@ Nothing consumes the queue, so every message can be read back.
 from __future__ import annotations
 
 import json
-import threading
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from celery import chord, group
 
@@ -90,45 +87,3 @@ def test_publish_subscribes_to_no_result(fresh_redis: RedisServer) -> None:
     assert client.pubsub_channels("celery-task-meta-*") == []
     client.close()
     app.close()
-
-
-def test_a_broker_blip_mid_publish_sends_every_message_with_the_same_ids(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Redis restarts (AOF on, as a broker runs) just as the second pipeline is sent:
-    kombu never resends a pipeline ("delivery is uncertain"), so `publish` sends the
-    canvas again, one message at a time under Celery's retry policy. Every member
-    arrives; those sent twice carry the same task id (the claims and Celery's chord
-    count rely on it)."""
-    from kombu.transport.redis import PublishBatch
-
-    server = RedisServer(tmp_path / "redis", persistent=True)
-    app = _app(server.url)
-    flushes: list[threading.Thread] = []
-    real_flush = PublishBatch.flush
-
-    def flush_during_a_restart(self: Any) -> None:
-        if len(flushes) == 1:  # the second pipeline
-            server.stop()
-            flushes.append(threading.Timer(0.3, server.start))
-            flushes[-1].start()
-        elif not flushes:
-            flushes.append(threading.Thread())
-        real_flush(self)
-
-    monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
-    try:
-        publish(_canvas(app), app)
-        flushes[-1].join()
-        client = redis.Redis.from_url(server.url)
-        raw = client.lrange(QUEUE, 0, -1)
-        client.close()
-    finally:
-        app.close()
-        server.stop()
-    members = [json.loads(_body(item))[0][0] for item in raw]
-    ids = [json.loads(item)["headers"]["id"] for item in raw]
-    assert sorted(set(members)) == list(range(MEMBERS))  # none lost
-    assert len(raw) > MEMBERS  # the first pipeline's messages went out twice ...
-    assert len(set(ids)) == MEMBERS  # ... with the ids they had
-    assert len(set(zip(members, ids, strict=True))) == MEMBERS
