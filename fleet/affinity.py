@@ -25,11 +25,13 @@ reuses a connection only when the host lands on the worker that opened it. Here:
   registration has expired (`TTL_S`, `Heartbeat.reclaim`), where any worker takes them;
   the claims (`fleet.lifecycle.run_host_job`) keep each host at most once, and a
   message moved after the run's deadline has expired and is dropped (the host ends
-  `lost`, as without affinity). A worker that stops (a warm shutdown, or Celery's
-  shutdown after an unrecoverable error) expires its registration at once
-  (`RunStore.retire_worker`), so the others reclaim its queue within a heartbeat: a
-  registration simply dropped would leave the messages still waiting there behind,
-  until the run's deadline.
+  `lost`, as without affinity). A worker that stops expires its registration
+  (`RunStore.retire_worker`), so the others reclaim its queues within a heartbeat: a
+  warm shutdown (SIGTERM) as it begins (`worker_shutting_down`); Celery's shutdown
+  after an unrecoverable error only once its running tasks are done (Celery sends
+  `worker_shutdown` then, and no `worker_shutting_down`), and until then submitters
+  may still route to it. A registration simply dropped would leave the messages still
+  waiting there behind, until the run's deadline.
 
 The message moved keeps its body, headers and signature (`fleet.signing`): it is the
 same task message on another queue.
