@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from fleet.affinity import (
@@ -112,3 +113,31 @@ def test_no_beat_after_the_worker_began_to_leave() -> None:
     beat._beat()
     beat.stop()
     assert store.calls == ["retire"]
+
+
+class _SlowRegistrations(_Registrations):
+    """A store whose registering waits until `go` is set (a beat still under way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+        self.inside.set()
+        self.go.wait(10)
+        super().register_worker(queues, personal, ttl_s)
+
+
+def test_a_beat_under_way_lands_before_the_retiring_not_after() -> None:
+    # Without the lock the retiring would go first, and the late beat would make the
+    # stopped worker live again for TTL_S (hosts routed to a queue nobody consumes).
+    store = _SlowRegistrations()
+    beat = Heartbeat(store, app=None, personals={"fleet": personal_queue("w@n", "fleet")})  # type: ignore[arg-type]
+    in_flight = threading.Thread(target=beat._beat)
+    in_flight.start()
+    assert store.inside.wait(10)
+    threading.Timer(0.2, store.go.set).start()
+    beat.stop(timeout_s=0.0)
+    in_flight.join(10)
+    assert store.calls == ["register", "retire"]
