@@ -159,8 +159,7 @@ class Heartbeat:
     def _retire(self) -> None:
         with self._registration:
             try:
-                for queue, personal in self.personals.items():
-                    self._store.retire_worker([queue], personal)
+                self._store.retire_worker(self.personals)
                 self._retired.set()
             except FleetError as exc:
                 log.warning("fleet: affinity: registration not expired: %s", exc)
@@ -168,8 +167,7 @@ class Heartbeat:
     def _beat(self) -> None:
         with self._registration:
             if not self._stop.is_set():
-                for queue, personal in self.personals.items():
-                    self._store.register_worker([queue], personal, TTL_S)
+                self._store.register_worker(self.personals, TTL_S)
 
     def _loop(self) -> None:
         try:

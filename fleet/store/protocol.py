@@ -203,14 +203,16 @@ class RunStore(Protocol):
         """Give `holder`'s slot of `scope` back `linger_s` seconds from now (0: at once;
         nothing if it holds none)."""
 
-    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
-        """Register (or refresh) a worker's personal queue `personal` under each plain
-        queue of `queues` it serves, for `ttl_s` seconds (`fleet.affinity`)."""
+    def register_worker(self, personals: Mapping[str, str], ttl_s: float) -> None:
+        """Register (or refresh) a worker's personal queues, each under its plain queue
+        (`personals`: plain queue -> personal queue), for `ttl_s` seconds
+        (`fleet.affinity`)."""
 
-    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
-        """Expire the registration of `personal` under `queues` now, without dropping it:
-        no submitter routes to it any more, and `expired_workers` lists it so that the
-        other workers move the messages still in its queue (`fleet.affinity`)."""
+    def retire_worker(self, personals: Mapping[str, str]) -> None:
+        """Expire the registrations of `personals` (as for `register_worker`) now,
+        without dropping them: no submitter routes to them any more, and
+        `expired_workers` lists them so that the other workers move the messages still
+        in those queues (`fleet.affinity`)."""
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
         """Per queue of `queues`, the personal queues whose registration holds more than

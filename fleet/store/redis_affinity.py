@@ -8,7 +8,7 @@ Times are Redis's own (``TIME``), never a worker's or the submitter's clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fleet.store import keys
@@ -17,13 +17,13 @@ from fleet.store.parts import RedisPart
 #: A registration key outlives its last heartbeat by this much (every key has a TTL).
 KEY_TTL_S = 3600
 
-# KEYS: the queues' sets. ARGV: member, ttl seconds, key TTL.
+# KEYS: the queues' sets. ARGV: ttl seconds, key TTL, then the member for each key.
 REGISTER_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for _, k in ipairs(KEYS) do
-  redis.call('ZADD', k, now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('EXPIRE', k, ARGV[3])
+for i, k in ipairs(KEYS) do
+  redis.call('ZADD', k, now + tonumber(ARGV[1]), ARGV[i + 2])
+  redis.call('EXPIRE', k, ARGV[2])
 end
 return 1
 """
@@ -62,19 +62,20 @@ class RedisAffinity(RedisPart):
     def _workers_key(self, queue: str) -> str:
         return f"{self._prefix}:workers:{keys.host_token(queue)}"
 
-    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
-        if not queues:
+    def register_worker(self, personals: Mapping[str, str], ttl_s: float) -> None:
+        if not personals:
             return
         if self._register is None:
             self._register = self._client.register_script(REGISTER_LUA)
         with self._guard():
             self._register(
-                keys=[self._workers_key(q) for q in queues], args=[personal, ttl_s, KEY_TTL_S]
+                keys=[self._workers_key(q) for q in personals],
+                args=[ttl_s, KEY_TTL_S, *personals.values()],
             )
 
-    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+    def retire_worker(self, personals: Mapping[str, str]) -> None:
         # Registered until now: expired at once, and reclaimed like a lapsed heartbeat.
-        self.register_worker(queues, personal, 0.0)
+        self.register_worker(personals, 0.0)
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:
         return self._select_workers(queues, "live", min_left_s)

@@ -7,7 +7,7 @@ keeps no registrations and every host goes to its plain queue (`fleet.affinity`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fleet.store.parts import SqlitePart
 
@@ -16,10 +16,10 @@ class SqliteAffinity(SqlitePart):
     """`register_worker`, `retire_worker`, `live_workers`, `expired_workers` of the
     `RunStore` protocol: nothing registered, so no affinity."""
 
-    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+    def register_worker(self, personals: Mapping[str, str], ttl_s: float) -> None:
         return None
 
-    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+    def retire_worker(self, personals: Mapping[str, str]) -> None:
         return None
 
     def live_workers(self, queues: Sequence[str], min_left_s: float) -> dict[str, list[str]]:

@@ -8,7 +8,9 @@ for a worker that dies mid-run are moved back to the plain queue for the others.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -84,6 +86,42 @@ def test_worker_gone_before_the_run_gets_no_hosts(
     assert {r["worker"] for r in second["results"]} == {survivor.node_name}  # type: ignore[attr-defined]
 
 
+def _one_leaves_mid_run(
+    server: RedisServer,
+    fleet: SSHFleet,
+    start_worker: StartWorker,
+    ledger: Ledger,
+    tmp_path: Path,
+    prefix: str,
+    *,
+    leave: Callable[[CeleryWorker], None],
+    deadline: str,
+    timeout: str,
+) -> tuple[dict[str, Any], str, set[str], CeleryWorker, str, redis.Redis]:
+    """Two workers of one slot each; the hosts wait in their personal queues. Once the
+    worker with more hosts routed to it (with 6 hosts, 3 or more) has started a host and
+    still has others waiting, `leave` it. Returns the run's report, the CLI's stderr,
+    the host names, the other worker, the leaving one's personal queue and a broker
+    client (the caller closes it)."""
+    cli = _cli(server, fleet, tmp_path)
+    workers = [start_worker(name=f"{prefix}{k}", concurrency=1, env=cli.env) for k in (1, 2)]
+    wait_until(lambda: len(_live(server)) == 2)
+    names = {h.name for h in fleet.hosts}
+    queues = [_personal(w) for w in workers]
+    routed = [choose(n, queues) for n in names]
+    leaving, survivor = sorted(workers, key=lambda w: -routed.count(_personal(w)))
+    proc = cli.popen(
+        ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", deadline,
+         "--timeout", timeout, "--json"]
+    )  # fmt: skip
+    broker = redis.Redis.from_url(server.url)
+    personal = _personal(leaving)
+    wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
+    leave(leaving)
+    out, err = proc.communicate(timeout=120)
+    return json.loads(out), err, names, survivor, personal, broker
+
+
 def test_worker_killed_mid_run_every_host_accounted_for(
     fresh_redis: RedisServer,
     ssh_fleet: SSHFleet,
@@ -95,26 +133,11 @@ def test_worker_killed_mid_run_every_host_accounted_for(
     SIGKILL one mid-run: the host it was running ends `lost` (at the deadline); the
     messages still waiting for it are moved to the plain queue once its registration
     expires, and run on the other worker. Nothing runs twice."""
-    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
-    workers = [start_worker(name=f"affmid{k}", concurrency=1, env=cli.env) for k in (1, 2)]
-    wait_until(lambda: len(_live(fresh_redis)) == 2)
-    names = {h.name for h in ssh_fleet.hosts}
-    # The worker with more hosts routed to it (with 6 hosts, 3 or more) is the one killed.
-    queues = [personal_queue(w.node_name, "fleet") for w in workers]
-    routed = [choose(n, queues) for n in names]
-    doomed, survivor = sorted(workers, key=lambda w: -routed.count(_personal(w)))
-    proc = cli.popen(
-        ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "40",
-         "--timeout", "5", "--json"]
+    doc, err, names, survivor, personal, broker = _one_leaves_mid_run(
+        fresh_redis, ssh_fleet, start_worker, ledger, tmp_path, "affmid",
+        leave=lambda w: w.kill(), deadline="40", timeout="5",
     )  # fmt: skip
-    broker = redis.Redis.from_url(fresh_redis.url)
-    personal = personal_queue(doomed.node_name, "fleet")
-    # It started a host and still has others waiting for it.
-    wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
-    doomed.kill()
-    out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
-    doc = json.loads(out)
     got = statuses(doc)
     assert set(got) == names
     assert set(got.values()) <= {"ok", "lost"}, got
@@ -137,24 +160,11 @@ def test_worker_stopped_mid_run_hands_its_waiting_hosts_over(
     unrecoverable error) mid-run: the host it runs finishes, and the messages still
     waiting in its personal queue go to the other worker, so every host ends `ok`
     instead of `lost` at the deadline. Nothing runs twice."""
-    cli = _cli(fresh_redis, ssh_fleet, tmp_path)
-    workers = [start_worker(name=f"affstop{k}", concurrency=1, env=cli.env) for k in (1, 2)]
-    wait_until(lambda: len(_live(fresh_redis)) == 2)
-    names = {h.name for h in ssh_fleet.hosts}
-    queues = [personal_queue(w.node_name, "fleet") for w in workers]
-    routed = [choose(n, queues) for n in names]
-    leaving, survivor = sorted(workers, key=lambda w: -routed.count(_personal(w)))
-    proc = cli.popen(
-        ["run", ledger.command("sleep 2"), "--group", "web", "--deadline", "60",
-         "--timeout", "10", "--json"]
+    doc, err, names, survivor, personal, broker = _one_leaves_mid_run(
+        fresh_redis, ssh_fleet, start_worker, ledger, tmp_path, "affstop",
+        leave=lambda w: w.stop(timeout=30), deadline="60", timeout="10",
     )  # fmt: skip
-    broker = redis.Redis.from_url(fresh_redis.url)
-    personal = personal_queue(leaving.node_name, "fleet")
-    wait_until(lambda: len(ledger.hosts()) >= 2 and broker.llen(personal) >= 1, timeout=30)
-    leaving.stop(timeout=30)
-    out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
-    doc = json.loads(out)
     got = statuses(doc)
     assert got == dict.fromkeys(names, "ok"), got
     assert survivor.node_name in {r["worker"] for r in doc["results"]}

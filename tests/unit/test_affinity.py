@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fleet.affinity import (
     FRESH_S,
@@ -75,10 +75,10 @@ class _Registrations:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+    def register_worker(self, personals: Mapping[str, str], ttl_s: float) -> None:
         self.calls.append("register")
 
-    def retire_worker(self, queues: Sequence[str], personal: str) -> None:
+    def retire_worker(self, personals: Mapping[str, str]) -> None:
         self.calls.append("retire")
 
     def expired_workers(self, queues: Sequence[str], drop_after_s: float) -> dict[str, list[str]]:
@@ -123,10 +123,10 @@ class _SlowRegistrations(_Registrations):
         self.inside = threading.Event()
         self.go = threading.Event()
 
-    def register_worker(self, queues: Sequence[str], personal: str, ttl_s: float) -> None:
+    def register_worker(self, personals: Mapping[str, str], ttl_s: float) -> None:
         self.inside.set()
         self.go.wait(10)
-        super().register_worker(queues, personal, ttl_s)
+        super().register_worker(personals, ttl_s)
 
 
 def test_a_beat_under_way_lands_before_the_retiring_not_after() -> None:
