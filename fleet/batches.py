@@ -9,10 +9,10 @@ from typing import Any
 
 from fleet.command import ExecOptions
 from fleet.errors import FleetError
-from fleet.lifecycle import FINALIZER, host_budget
+from fleet.lifecycle import host_budget
 from fleet.results import HostResult, RunRecord, Status
 from fleet.rollout import skipped_message
-from fleet.store.protocol import RunStore
+from fleet.store.protocol import FINALIZER, RunStore, Slot
 
 #: A --fanout slot outlives its host's own limits by this much (seconds) before it frees
 #: itself; a slot whose options cannot be read is held this long.
@@ -22,7 +22,7 @@ DEFAULT_FANOUT_HOLD_S = 600.0
 
 def take_fanout_slot(
     store: RunStore, run_id: str, host: str, fanout: int, options: dict[str, Any]
-) -> bool:
+) -> Slot:
     """Take one of the run's `fanout` slots for `host` before it starts (`--fanout`).
 
     The slot is held at most as long as the host can take (its connect, auth and
@@ -34,6 +34,20 @@ def take_fanout_slot(
     except (TypeError, ValueError, FleetError):
         hold_s = DEFAULT_FANOUT_HOLD_S
     return store.take_slot(fanout_scope(run_id), host, max(1, fanout), hold_s)
+
+
+def owns_fanout_slot(slot: Slot, result: HostResult | None) -> bool:
+    """Whether the delivery that got `slot` for a host, and then `result` for it (None:
+    it did not run the host: found it claimed, or raised), gives the host's `--fanout`
+    slot back.
+
+    A slot is held per host, and every delivery of the host's task message finds it
+    under the same name. One that found it held already (`Slot.HELD`) and then found
+    the host claimed is a copy of a delivery still running the host: freeing the slot
+    would let one host more run at once. One that found it held and ran the host owns
+    it (the earlier delivery died before claiming the host).
+    """
+    return slot is Slot.TAKEN or (slot is Slot.HELD and result is not None)
 
 
 def fanout_scope(run_id: str) -> str:

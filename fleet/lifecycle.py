@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from fleet.actions import Action
 from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
-from fleet.errors import BackendError, RunNotFoundError, UsageError
+from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.results import HostResult, RunReport, Status, utc_now
 from fleet.rollout import NO_ROLLOUT, Rollout
 from fleet.runenv import run_options
 from fleet.settings import DEFAULTS, Settings
-from fleet.store.protocol import RunStore
+from fleet.store.protocol import FINALIZER, RunStore
 
 #: Slots assumed when sizing a default deadline for many hosts.
 ASSUMED_SLOTS = 64
@@ -40,9 +40,23 @@ MAX_DEADLINE_S = MAX_RUN_DEADLINE_S
 
 ExecuteFn = Callable[[Host, str, ExecOptions], HostResult]
 
+
+class AlreadyClaimed(FleetError):
+    """This delivery found its host claimed in the run, so it did not run it.
+
+    `closed`: the run's end claimed it (a cancel, the deadline, a skipped or abandoned
+    batch): the host has its status, and no delivery runs it. Otherwise another
+    delivery of the same message holds the claim (a broker's redelivery, a replay); that
+    delivery reports the host, or the run's deadline does (`lost`) if it died.
+    """
+
+    def __init__(self, host: str, *, closed: bool) -> None:
+        super().__init__(f"{host}: already claimed in this run; not run again")
+        self.host = host
+        self.closed = closed
+
+
 LOST_MESSAGE = "started, but no result by the run deadline (still running, or its worker died)"
-#: The claim the finalizer takes on hosts no worker started, so none ever will.
-FINALIZER = "fleet-finalizer"
 CANCELLED_MESSAGE = "run cancelled before this host started"
 EXPIRED_MESSAGE = "run already finished when this host's task arrived"
 #: How long a finished command's result is retried into an unreachable store (a restart).
@@ -204,28 +218,24 @@ def run_host_job(
     """Run `command` on `host` at most once for this run, and record the result.
 
     The claim is taken before the host is touched: a message delivered twice (broker
-    redelivery, a replay) finds the claim taken and never runs the command again.
-    Once the command has run, a store outage is retried for `save_retry_s` (never by
-    running the command again); if the store stays down the host ends `lost` at the
-    run's deadline. Raises `BackendError` only before the command ran.
+    redelivery, a replay) finds the claim taken and never runs the command again
+    (`AlreadyClaimed`). Once the command has run, a store outage is retried for
+    `save_retry_s` (never by running the command again); if the store stays down the
+    host ends `lost` at the run's deadline. Raises `AlreadyClaimed`, and `BackendError`
+    only before the command ran.
     """
     # Claim first, then look at the run: whoever holds the claim alone decides the
     # host's fate, so a cancel or the deadline can never label a host that ran.
     # One step (`RunStore.start_host`): claim, is the run live, the `started` event.
     started = store.start_host(run_id, host.name, worker, time.time())
     if started == "taken":
-        # Another delivery of this message, or the run's finalizer, owns the host; its
-        # result (or the deadline's `lost`) is the one that counts: nothing stored here.
+        # Another delivery of this message owns the host; its result (or the deadline's
+        # `lost`) is the one that counts: nothing stored here.
         with contextlib.suppress(BackendError):
             store.add_event(run_id, {"type": "duplicate", "host": host.name, "worker": worker})
-        return HostResult(
-            host=host.name,
-            status=Status.INTERRUPTED,
-            address=host.address,
-            error="duplicate delivery: this host was already claimed in this run; not run again",
-            worker=worker,
-            finished_at=utc_now(),
-        )
+        raise AlreadyClaimed(host.name, closed=False)
+    if started == "closed":  # a message that arrived after the run's end settled its host
+        raise AlreadyClaimed(host.name, closed=True)
     if started != "started":
         return _refuse_dead_run(store, run_id, host, worker)
     # The run's --env values come from the store by run id, never from the message.

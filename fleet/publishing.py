@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
@@ -82,22 +81,12 @@ def _submitter_backend(redis_backend: Any) -> Any:
 
 def publish(signature: Any, app: Any) -> Any:
     """``signature.apply_async()`` with its messages sent in pipelines of
-    `FLUSH_EVERY` commands where the broker transport supports it (kombu >= 5.7 on
-    Redis). Returns what ``apply_async`` returns. Raises what it raises; a failure
-    discards what was not yet sent (kombu's batch), and the caller cancels the run."""
-    with app.producer_or_acquire() as producer, _batched(producer):
+    `FLUSH_EVERY` commands where the broker transport supports it (Redis). Returns what
+    ``apply_async`` returns. Raises what it raises; a failure discards what was not yet
+    sent (kombu's batch), and the caller cancels the run."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=FLUSH_EVERY):
         token = _publishing.set((app, producer))
         try:
             return signature.apply_async()
         finally:
             _publishing.reset(token)
-
-
-@contextlib.contextmanager
-def _batched(producer: Any) -> Iterator[None]:
-    batch = getattr(producer, "batch", None)  # kombu < 5.7 has none
-    if batch is None:
-        yield
-        return
-    with batch(max_size=FLUSH_EVERY):
-        yield

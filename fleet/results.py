@@ -38,7 +38,6 @@ class Status(StrEnum):
     ERROR = "error"  # anything else that went wrong on the host's side
     CANCELLED = "cancelled"  # not run: the run was cancelled first
     LOST = "lost"  # no result by the run's deadline (a worker died, a message vanished)
-    INTERRUPTED = "interrupted"  # a redelivered task found its host already claimed
     SKIPPED = "skipped"  # not run: an earlier batch crossed the run's --max-fail
 
     @property
@@ -55,7 +54,6 @@ STATUS_ORDER: tuple[Status, ...] = (
     Status.HOSTKEY_REJECTED,
     Status.ERROR,
     Status.LOST,
-    Status.INTERRUPTED,
     Status.CANCELLED,
     Status.SKIPPED,
     Status.OK,

@@ -6,12 +6,21 @@ import random
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Ignore
 from celery.utils.log import get_logger
 
-from fleet.batches import abandon_rest, fanout_scope, next_batch, take_fanout_slot
+from fleet.batches import (
+    abandon_rest,
+    fanout_scope,
+    next_batch,
+    owns_fanout_slot,
+    take_fanout_slot,
+)
 from fleet.canvas import AGGREGATE, RUN_ON_HOST, publish_batch
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import finalize_run, run_host_job
+from fleet.lifecycle import AlreadyClaimed, finalize_run, run_host_job
+from fleet.results import HostResult
+from fleet.store.protocol import Slot
 from fleet.textsafe import exception_line
 from fleet.worker import (
     action_executor,
@@ -45,12 +54,16 @@ def run_on_host(
 ) -> dict[str, Any]:
     store = worker_store()
     name = str(host.get("name", ""))
-    if fanout and not take_fanout_slot(store, run_id, name, int(fanout), options):
-        # Every slot of the run's --fanout is taken: come back later, holding no worker
-        # slot meanwhile. The message's expiry (the run's deadline) still bounds it.
-        tries = int(self.request.retries or 0)
-        pause = min(FANOUT_RETRY_MAX_S, FANOUT_RETRY_S + FANOUT_RETRY_STEP_S * tries)
-        raise self.retry(countdown=pause * (1 + random.random()))
+    slot = Slot.FULL
+    if fanout:
+        slot = take_fanout_slot(store, run_id, name, int(fanout), options)
+        if not slot:
+            # Every slot of the run's --fanout is taken: come back later, holding no
+            # worker slot meanwhile. The message's expiry (the run's deadline) bounds it.
+            tries = int(self.request.retries or 0)
+            pause = min(FANOUT_RETRY_MAX_S, FANOUT_RETRY_S + FANOUT_RETRY_STEP_S * tries)
+            raise self.retry(countdown=pause * (1 + random.random()))
+    result: HostResult | None = None
     try:
         result = run_host_job(
             store,
@@ -62,8 +75,17 @@ def run_on_host(
             # action: a script, copy or fetch (fleet.actions), checked by the worker.
             execute=execute_allowed if action is None else action_executor(run_id, action),
         )
+    except AlreadyClaimed as claimed:
+        if not claimed.closed:
+            # A copy of a message whose delivery still holds the host: only that one may
+            # count in the chord, or the callback fires (and the next batch starts) while
+            # the host still runs. Celery acks an ignored task and neither stores its
+            # result nor counts it in the chord (celery.app.trace, `Ignore`).
+            raise Ignore() from None
+        # The run's end settled this host: counting it lets the chord finish.
+        return {"host": claimed.host, "status": None, "not_run": "closed by the run's end"}
     finally:
-        if fanout:
+        if fanout and owns_fanout_slot(slot, result):
             store.release_slot(fanout_scope(run_id), name)
     return {"host": result.host, "status": result.status.value}
 
@@ -73,7 +95,7 @@ def aggregate(
     self: Task, _results: list[dict[str, Any]], run_id: str, batch: int | None = None
 ) -> dict[str, Any]:
     # The chord's inputs only say "every member returned"; the store holds the truth
-    # (a duplicated delivery may have returned `interrupted` for a host that is fine).
+    # (a late message of a settled host returns no status).
     store = worker_store()
     if batch is not None:
         following = next_batch(store, run_id, int(batch), worker=str(self.request.hostname))

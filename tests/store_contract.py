@@ -18,7 +18,7 @@ import pytest
 from fleet.errors import RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
-from fleet.store.protocol import BeatState, RunStore
+from fleet.store.protocol import FINALIZER, BeatState, RunStore
 
 MakeStore = Callable[..., RunStore]
 
@@ -121,6 +121,17 @@ class StoreContract:
         assert store.start_host(run.run_id, "web01", "w1", run.deadline + 1) == "not_live"
         assert not store.claim_host(run.run_id, "web01", "w2")
         assert store.start_host("nope", "web01", "w1", now) == "not_live"
+
+    def test_a_host_the_runs_end_claimed_reads_closed_to_a_late_start(
+        self, started: tuple[RunStore, RunRecord]
+    ) -> None:
+        store, run = started
+        assert store.claim_host(run.run_id, COLON_HOST, FINALIZER)
+        assert store.claim_holder(run.run_id, COLON_HOST) == FINALIZER
+        assert store.start_host(run.run_id, COLON_HOST, "w1", time.time()) == "closed"
+        assert store.claim_holder(run.run_id, COLON_HOST) == FINALIZER  # unchanged
+        assert store.claim_holder(run.run_id, "web01") is None
+        assert not [e for _, e in store.events(run.run_id) if e.get("type") == "started"]
 
     def test_claims_race_between_threads(self, started: tuple[RunStore, RunRecord]) -> None:
         store, run = started

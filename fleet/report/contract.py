@@ -24,7 +24,7 @@ with a newline::
           "address": "10.0.0.1",
           "status": "ok",                 # ok failed timeout unreachable auth_failed
                                           # hostkey_rejected error cancelled lost
-                                          # interrupted skipped
+                                          # skipped
           "exit_code": 0,                 # null when the command did not run to an end
           "exit_signal": null,            # "KILL", "TERM", ...: the signal that ended
                                           # the command (then exit_code is null), over

@@ -32,7 +32,6 @@ _COLORS = {
     Status.HOSTKEY_REJECTED: "#6a1b9a",
     Status.ERROR: "#b71c1c",
     Status.LOST: "#5d4037",
-    Status.INTERRUPTED: "#8d6e63",
     Status.CANCELLED: "#9e9d24",
 }
 _CSS = """

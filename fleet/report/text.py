@@ -26,7 +26,6 @@ _BAD = "red"
 _STYLES = dict.fromkeys(Status, _BAD) | {
     Status.OK: "green",
     Status.LOST: "magenta",
-    Status.INTERRUPTED: "magenta",
     Status.CANCELLED: "yellow",
 }
 _SLOWEST_SHOWN = 5

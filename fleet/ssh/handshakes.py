@@ -66,9 +66,9 @@ class HandshakeSlots(Protocol):
     """The shared slot table (`RunStore.take_slot` / `release_slot`; an endpoint's scope
     is `handshake_scope(endpoint)`)."""
 
-    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> int:
         """Take one of `scope`'s `limit` slots for `holder`, held at most `hold_s`
-        seconds; False when all are taken. Raises `BackendError`."""
+        seconds; 0 (false) when all are taken. Raises `BackendError`."""
         ...
 
     def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:

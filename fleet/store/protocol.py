@@ -11,6 +11,7 @@ Every method raises `BackendError` when the store cannot be reached or fails;
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,22 @@ from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status
 from fleet.textsafe import make_visible_line
 
+#: The claim the run's end takes on hosts no worker started (cancel, deadline, a skipped
+#: or abandoned batch), so none ever will (`fleet.lifecycle.finalize_run`).
+FINALIZER = "fleet-finalizer"
+
 #: Run states. A run is created `running`; `finished` or `cancelled` end it.
 RUNNING = "running"
 FINISHED = "finished"
 CANCELLED = "cancelled"
+
+
+class Slot(enum.IntEnum):
+    """What `RunStore.take_slot` did; true when the holder has the slot now."""
+
+    FULL = 0  #: every slot is held by others: none taken
+    TAKEN = 1  #: taken by this call
+    HELD = 2  #: the holder had it already (another delivery of the same task message)
 
 
 def not_found_message(run_id: str, retention: int) -> str:
@@ -112,7 +125,7 @@ def stored_result(run_id: str, host: str, decode: Callable[[], HostResult]) -> H
 def start_in_steps(store: RunStore, run_id: str, host: str, worker: str, now: float) -> str:
     """`RunStore.start_host` as its three steps, for a store with no cheaper way."""
     if not store.claim_host(run_id, host, worker):
-        return "taken"
+        return "closed" if store.claim_holder(run_id, host) == FINALIZER else "taken"
     if not store.is_live(run_id, now):
         return "not_live"
     # A progress event is worth less than the run: the host is claimed, so go on.
@@ -144,8 +157,12 @@ class RunStore(Protocol):
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
         """`claim_host`, then `is_live` at `now` (epoch seconds), then the ``started``
-        event, as one step: ``"taken"`` (someone else's claim: nothing done),
-        ``"not_live"`` (claimed, but the run is over) or ``"started"``."""
+        event, as one step: ``"taken"`` (a worker's claim: nothing done), ``"closed"``
+        (the run's end claimed the host, `FINALIZER`: nothing done), ``"not_live"``
+        (claimed, but the run is over) or ``"started"``."""
+
+    def claim_holder(self, run_id: str, host: str) -> str | None:
+        """Who claimed the host in this run (a worker's name, `FINALIZER`), or None."""
 
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         """True if the run exists, is `running` and its deadline has not passed."""
@@ -193,11 +210,12 @@ class RunStore(Protocol):
     def list_runs(self, limit: int = 20, host: str | None = None) -> list[RunRecord]:
         """The most recent runs, newest first; with `host`, only runs that targeted it."""
 
-    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> Slot:
         """Take one of `scope`'s `limit` slots for `holder`, held at most `hold_s` seconds
-        (a holder that dies frees it then), shared by every process using the store;
-        False if all are taken, True again for its holder. Scopes: ``fanout:RUN_ID``
-        (`fleet.rollout`), ``handshake:ADDRESS:PORT`` (`fleet.ssh.handshakes`)."""
+        (a holder that dies frees it then), shared by every process using the store:
+        `Slot.TAKEN`, `Slot.FULL` if all are taken, `Slot.HELD` if `holder` has one
+        already (then it is not taken again, and its hold time is unchanged). Scopes:
+        ``fanout:RUN_ID`` (`fleet.rollout`), ``handshake:ADDRESS:PORT`` (`fleet.ssh.handshakes`)."""
 
     def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
         """Give `holder`'s slot of `scope` back `linger_s` seconds from now (0: at once;

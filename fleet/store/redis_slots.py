@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.store.parts import RedisPart
+from fleet.store.protocol import Slot
 
 # KEYS[1] the scope's set. ARGV: holder, limit, hold seconds.
 TAKE_SLOT_LUA = """
@@ -19,7 +20,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return 1  -- its holder again (a redelivered task, a retried call)
+  return 2  -- its holder already (another delivery of the same task message)
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
@@ -52,13 +53,13 @@ class RedisSlots(RedisPart):
     _take_slot: Any = None
     _release_slot: Any = None
 
-    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> Slot:
         if self._take_slot is None:
             self._take_slot = self._client.register_script(TAKE_SLOT_LUA)
         key = self._key("slots", host=scope)
         with self._guard():
             taken = self._take_slot(keys=[key], args=[holder, limit, hold_s])
-        return bool(int(taken))
+        return Slot(int(taken))
 
     def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
         if self._release_slot is None:

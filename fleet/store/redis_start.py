@@ -10,10 +10,15 @@ from typing import Any
 
 from fleet.store import keys
 from fleet.store.parts import RedisPart
+from fleet.store.protocol import FINALIZER
 
-# KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host.
+# KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host,
+# the finalizer's claim name.
 START_HOST_LUA = f"""
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) == ARGV[5] then
+    return 'closed'
+  end
   return 'taken'
 end
 local run = redis.call('HMGET', KEYS[2], 'state', 'deadline', 'events_max')
@@ -43,5 +48,7 @@ class RedisStart(RedisPart):
             self._key("events", run_id),
         ]
         with self._guard():
-            outcome = self._start_host(keys=names, args=[worker, self._retention, now, host])
+            outcome = self._start_host(
+                keys=names, args=[worker, self._retention, now, host, FINALIZER]
+            )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)

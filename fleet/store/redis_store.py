@@ -6,8 +6,9 @@ caught here and re-raised as `BackendError` naming the store's URL, redacted.
 Retries: the client retries connection errors with a short backoff, so a Redis
 restart of a second or two is ridden out. A retried write may have landed the
 first time; every write here is either idempotent (HSETNX, compare-and-set) or
-errs on the safe side (a retried claim reads as "taken", so the host is reported
-`interrupted` rather than run twice; a retried event may appear twice).
+errs on the safe side (a retried claim reads as "taken", so the host is not run rather
+than run twice, and ends `lost` at the run's deadline; a retried event may appear
+twice).
 """
 
 from __future__ import annotations
@@ -231,6 +232,11 @@ class RedisRunStore(RedisStart, RedisSlots, RedisAffinity, RedisAudit, RedisEnv,
                 self._key("claim", run_id, host), worker, nx=True, ex=self._retention
             )
         return bool(taken)
+
+    def claim_holder(self, run_id: str, host: str) -> str | None:
+        with self._guard():
+            holder = self._client.get(self._key("claim", run_id, host))
+        return None if holder is None else _text(holder)
 
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         if not keys.is_valid_run_id(run_id):

@@ -10,6 +10,7 @@ import threading
 import time
 
 from fleet.store.parts import SqlitePart
+from fleet.store.protocol import Slot
 
 SLOTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -32,7 +33,7 @@ class SqliteSlots(SqlitePart):
             self._conn.executescript(SLOTS_SCHEMA)
             self._slots_ready = True
 
-    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> bool:
+    def take_slot(self, scope: str, holder: str, limit: int, hold_s: float) -> Slot:
         now = time.time()
         with self._guard(), self._lock:
             self._slots_table()
@@ -40,14 +41,14 @@ class SqliteSlots(SqlitePart):
                 conn.execute("DELETE FROM slots WHERE until <= ?", (now,))
                 held = conn.execute("SELECT holder FROM slots WHERE scope = ?", (scope,)).fetchall()
                 if (holder,) in held:
-                    return True
+                    return Slot.HELD
                 if len(held) >= limit:
-                    return False
+                    return Slot.FULL
                 conn.execute(
                     "INSERT INTO slots (scope, holder, until) VALUES (?, ?, ?)",
                     (scope, holder, now + hold_s),
                 )
-                return True
+                return Slot.TAKEN
 
     def release_slot(self, scope: str, holder: str, linger_s: float = 0.0) -> None:
         with self._guard(), self._lock:

@@ -229,6 +229,13 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
             )
         return cursor.rowcount == 1
 
+    def claim_holder(self, run_id: str, host: str) -> str | None:
+        with self._guard(), self._lock:
+            row = self._conn.execute(
+                "SELECT worker FROM claims WHERE run_id = ? AND host = ?", (run_id, host)
+            ).fetchone()
+        return str(row[0]) if row else None
+
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
         return start_in_steps(self, run_id, host, worker, now)
 

@@ -15,7 +15,7 @@ import yaml
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
-from tests.integration.fleetcli import FleetCLI, fleet_env, statuses
+from tests.integration.fleetcli import FleetCLI, fleet_env, statuses, wait_until
 
 ORDER = ["h02", "h03", "h04", "h05", "h06", "h07"]
 
@@ -108,6 +108,83 @@ def test_fanout_bounds_hosts_in_flight_across_workers(cli: FleetCLI, tmp_path: P
     assert {r["worker"] for r in doc["results"]} <= {"a@testnode", "b@testnode"}
 
 
+def test_a_copy_of_a_running_hosts_message_does_not_free_its_fanout_slot(
+    cli: FleetCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second delivery of a host's message finds the host's slot held and the host
+    # claimed: it reports `interrupted` and must leave the slot to the delivery running
+    # the host, or one host more runs at once than --fanout allows.
+    times, started = tmp_path / "times", tmp_path / "started"
+    times.mkdir()
+    started.mkdir()
+    command = times_command(times, f'touch {shlex.quote(str(started))}/"$FLEET_HOST"; sleep 3')
+    proc = cli.popen(["run", command, "-g", "h02,h03", "--fanout", "1", "--json"])
+    try:
+        wait_until(lambda: any(started.iterdir()), timeout=30)
+        first = next(started.iterdir()).name
+        for name, value in cli.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("FLEET_INVENTORY", str(cli.inventory))
+        from fleet.canvas import task_host
+        from fleet.celery import create_app
+        from fleet.settings import Settings
+        from fleet.store import open_store
+
+        store = open_store(Settings.load())
+        run_id = store.list_runs(limit=1)[0].run_id
+        record = store.get_run(run_id)
+        host = next(h for h in store.run_hosts(run_id) if h.name == first)
+        create_app(Settings.load()).send_task(
+            "fleet.run_on_host",
+            args=[run_id, task_host(host), record.command, dict(record.options)],
+            kwargs={"fanout": 1},
+            queue="fleet",
+        )
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert statuses(json.loads(out)) == {"h02": "ok", "h03": "ok"}
+    found = spans(times)
+    assert sorted(found) == ["h02", "h03"]
+    assert most_at_once(found) == 1, found
+    store.close()
+
+
+def test_a_redelivered_message_does_not_start_the_next_batch_early(
+    fresh_redis: RedisServer, ssh_fleet: SSHFleet, start_worker: Any, tmp_path: Path
+) -> None:
+    # The broker delivers the very same message again (same task id, same chord) while
+    # its host still runs: the copy reports `interrupted`, and the chord must not count
+    # it as a second member. Celery 5.6's Redis chord did (no per-task-id check), so a
+    # batch of one fired its callback at once and batch 2 started beside batch 1.
+    import redis
+
+    env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
+    cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inventory.yaml"), env)
+    times, started = tmp_path / "times", tmp_path / "started"
+    times.mkdir()
+    started.mkdir()
+    command = times_command(times, f'touch {shlex.quote(str(started))}/"$FLEET_HOST"; sleep 2')
+    client = redis.Redis.from_url(fresh_redis.url)
+    proc = cli.popen(["run", command, "-g", "h02,h03", "--batch", "1", "--json"])
+    try:
+        # No worker yet: batch 1's one message waits in the queue, as the broker holds it.
+        wait_until(lambda: client.llen("fleet") == 1, timeout=30)
+        message = client.lrange("fleet", 0, -1)[0]
+        start_worker(name="a", concurrency=4, env=env)
+        wait_until(lambda: any(started.iterdir()), timeout=30)
+        client.lpush("fleet", message)  # delivered again while its host runs
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    doc = json.loads(out)
+    assert statuses(doc) == {"h02": "ok", "h03": "ok"}, doc
+    found = spans(times)
+    assert found["h03"][0] >= found["h02"][1], found  # batch 2 began after batch 1 ended
+    assert client.llen("fleet") == 0  # the copy was consumed, not left behind
+    client.close()
+
+
 def test_cancel_stops_further_batches(cli: FleetCLI, ledger: Ledger) -> None:
     proc = cli.popen(["run", ledger.command("sleep 3"), "-g", "web", "--batch", "2", "--json"])
     try:
@@ -165,13 +242,15 @@ def test_redis_fanout_slots_free_themselves_and_expire(fresh_redis: RedisServer)
 
     from fleet.inventory.hosts import Host
     from fleet.results import RunRecord, utc_now
+    from fleet.store.protocol import Slot
     from fleet.store.redis_store import RedisRunStore
 
     store = RedisRunStore.from_url(fresh_redis.url)
     hosts = tuple(Host(n, "127.0.0.1") for n in ("a", "b", "c"))
     run = RunRecord("r1", "true", "all", ("a", "b", "c"), utc_now(), time.time() + 60)
     store.create_run(run, hosts)
-    assert store.take_slot("fanout:r1", "a", 2, 30)
+    assert store.take_slot("fanout:r1", "a", 2, 30) is Slot.TAKEN
+    assert store.take_slot("fanout:r1", "a", 2, 30) is Slot.HELD  # not a second slot
     assert store.take_slot("fanout:r1", "b", 2, 0.2)
     assert not store.take_slot("fanout:r1", "c", 2, 30)
     time.sleep(0.3)  # b's holder "died": its slot frees itself

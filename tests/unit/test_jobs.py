@@ -12,7 +12,7 @@ import pytest
 from fleet.command import ExecOptions
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import cancel_run, finalize_run, run_host_job
+from fleet.lifecycle import AlreadyClaimed, cancel_run, finalize_run, run_host_job
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.store.sqlite_store import SqliteRunStore
 
@@ -71,13 +71,15 @@ def test_runs_once_records_result_and_exports_run_id(store: SqliteRunStore) -> N
     assert kinds == ["started", "result"]
 
 
-def test_second_delivery_is_interrupted_and_never_executes(store: SqliteRunStore) -> None:
+def test_second_delivery_is_refused_and_never_executes(store: SqliteRunStore) -> None:
     new_run(store)
     execute = ScriptedExecute()
     job(store, HOSTS[0], execute)
-    again = job(store, HOSTS[0], execute)
-    assert again.status is Status.INTERRUPTED
+    with pytest.raises(AlreadyClaimed) as refused:
+        job(store, HOSTS[0], execute)
+    assert refused.value.host == "web01" and not refused.value.closed
     assert len(execute.calls) == 1
+    assert [e["type"] for _id, e in store.events("r1")][-1] == "duplicate"
     # The first delivery's result is the one that counts.
     assert store.results("r1")["web01"].status is Status.OK
 
@@ -86,10 +88,11 @@ def test_cancelled_run_refuses_without_executing(store: SqliteRunStore) -> None:
     new_run(store)
     assert cancel_run(store, "r1")
     execute = ScriptedExecute()
-    # The cancel claimed every unstarted host: a message arriving later finds the claim
-    # taken (its own return value says so) and the recorded status stays `cancelled`.
-    result = job(store, HOSTS[1], execute)
-    assert result.status is Status.INTERRUPTED
+    # The cancel claimed every unstarted host: a message arriving later finds the host
+    # closed, and the recorded status stays `cancelled`.
+    with pytest.raises(AlreadyClaimed) as refused:
+        job(store, HOSTS[1], execute)
+    assert refused.value.closed
     assert execute.calls == []
     assert store.results("r1")["web02"].status is Status.CANCELLED
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet.batches import abandon_rest, next_batch, take_fanout_slot
+from fleet.batches import abandon_rest, next_batch, owns_fanout_slot, take_fanout_slot
 from fleet.command import ExecOptions
 from fleet.errors import UsageError
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import ASSUMED_SLOTS, RunRequest, cancel_run, default_deadline, host_budget
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.rollout import Rollout, Size, parse_size
+from fleet.store.protocol import Slot
 from fleet.store.sqlite_store import SqliteRunStore
 
 NAMES = tuple(f"web{i:02d}" for i in range(1, 7))
@@ -165,16 +166,33 @@ def test_fanout_slots_bound_hosts_in_flight_and_free_when_held_too_long(
 ) -> None:
     batched_run(store, max_fail=None)
     options = ExecOptions(command_timeout=1, connect_timeout=1, auth_timeout=1).to_message()
-    assert take_fanout_slot(store, "r1", "web01", 2, options)
-    assert take_fanout_slot(store, "r1", "web02", 2, options)
-    assert not take_fanout_slot(store, "r1", "web03", 2, options)
-    assert take_fanout_slot(store, "r1", "web02", 2, options)  # its holder, again
+    assert take_fanout_slot(store, "r1", "web01", 2, options) is Slot.TAKEN
+    assert take_fanout_slot(store, "r1", "web02", 2, options) is Slot.TAKEN
+    assert take_fanout_slot(store, "r1", "web03", 2, options) is Slot.FULL
+    assert take_fanout_slot(store, "r1", "web02", 2, options) is Slot.HELD  # its holder's
     store.release_slot("fanout:r1", "web01")
     assert take_fanout_slot(store, "r1", "web03", 2, options)
     # A holder that died frees its slot once its hold time has passed.
     assert store.take_slot("fanout:r1", "web04", 3, 0.05)
     time.sleep(0.1)
     assert store.take_slot("fanout:r1", "web05", 3, 60)
+
+
+@pytest.mark.parametrize(
+    ("slot", "status", "owns"),
+    [
+        (Slot.TAKEN, Status.OK, True),
+        (Slot.TAKEN, None, True),  # found the host claimed, the first delivery done: new slot
+        (Slot.HELD, None, False),  # a copy of a delivery still running the host
+        (Slot.HELD, Status.OK, True),  # the first delivery died before claiming the host
+        (Slot.FULL, Status.OK, False),
+    ],
+)
+def test_a_copy_of_a_running_hosts_message_leaves_its_fanout_slot_held(
+    slot: Slot, status: Status | None, owns: bool
+) -> None:
+    got = None if status is None else result("web01", status)
+    assert owns_fanout_slot(slot, got) is owns
 
 
 def test_the_verbose_host_table_says_each_hosts_batch_in_a_rolling_run() -> None:
