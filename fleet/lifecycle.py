@@ -18,7 +18,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -27,8 +27,8 @@ from fleet.celery_config import MAX_RUN_DEADLINE_S
 from fleet.command import ExecOptions
 from fleet.errors import BackendError, FleetError, RunNotFoundError, UsageError
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
-from fleet.results import HostResult, RunReport, Status, utc_now
-from fleet.rollout import NO_ROLLOUT, Rollout
+from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
+from fleet.rollout import BATCH_CLAIM, NO_ROLLOUT, Rollout
 from fleet.runenv import run_options
 from fleet.settings import DEFAULTS, Settings
 from fleet.store.protocol import FINALIZER, RunStore
@@ -302,13 +302,14 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
     if missing and (run.state == "cancelled" or now >= run.deadline):
         hosts = {h.name: h for h in store.run_hosts(run_id)}
         cancelled = run.state == "cancelled"
+        unsent = {} if cancelled else _unpublished_batches(store, run)
         for name in missing:
             host = hosts.get(name)
             address = host.address if host else ""
             if store.claim_host(run_id, name, FINALIZER):
                 # Claimed here, so no worker will ever start it.
                 status = Status.CANCELLED if cancelled else Status.LOST
-                message = CANCELLED_MESSAGE if cancelled else _never_started(host)
+                message = CANCELLED_MESSAGE if cancelled else _never_started(host, unsent)
                 store.save_result(run_id, HostResult.not_run(name, status, message, address))
             elif now >= run.deadline:
                 store.save_result(
@@ -329,7 +330,29 @@ def finalize_run(store: RunStore, run_id: str, *, now: float | None = None) -> R
     return report
 
 
-def _never_started(host: Host | None) -> str:
+def _unpublished_batches(store: RunStore, run: RunRecord) -> dict[str, str]:
+    """Host name -> why it never started, for the hosts of a rolling run's batches that
+    were never published: the batch before did not end (a host of it had no result, e.g.
+    its worker died mid-command, so its chord never completed)."""
+    for first in range(1, len(run.batches)):
+        if store.claim_holder(run.run_id, BATCH_CLAIM.format(first)) is None:
+            break
+    else:
+        return {}
+    why: dict[str, str] = {}
+    for index in range(first, len(run.batches)):
+        reason = (
+            f"never started by the run deadline: its batch ({index + 1} of "
+            f"{len(run.batches)}) was never sent, as batch {first} did not end "
+            "(a host of it had no result)"
+        )
+        why.update(dict.fromkeys(run.batches[index], reason))
+    return why
+
+
+def _never_started(host: Host | None, unsent: Mapping[str, str]) -> str:
+    if host is not None and host.name in unsent:
+        return unsent[host.name]
     queue = (host.queue if host else None) or DEFAULT_QUEUE
     return (
         "never started by the run deadline: no worker took its task "

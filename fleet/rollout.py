@@ -101,6 +101,10 @@ class Rollout:
         return None if self.max_fail is None else self.max_fail.of(total)
 
 
+#: The claim name that marks batch K (0-based) as published (never a host name: inventory
+#: names hold no control character), so a redelivered chord callback publishes a batch once.
+BATCH_CLAIM = "\x00batch:{}"
+
 #: All at once, no budget, no fan-out limit.
 NO_ROLLOUT = Rollout()
 

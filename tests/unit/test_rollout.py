@@ -13,7 +13,14 @@ from fleet.batches import abandon_rest, next_batch, owns_fanout_slot, take_fanou
 from fleet.command import ExecOptions
 from fleet.errors import UsageError
 from fleet.inventory.hosts import Host
-from fleet.lifecycle import ASSUMED_SLOTS, RunRequest, cancel_run, default_deadline, host_budget
+from fleet.lifecycle import (
+    ASSUMED_SLOTS,
+    RunRequest,
+    cancel_run,
+    default_deadline,
+    finalize_run,
+    host_budget,
+)
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.rollout import Rollout, Size, parse_size
 from fleet.store.protocol import Slot
@@ -176,6 +183,38 @@ def test_fanout_slots_bound_hosts_in_flight_and_free_when_held_too_long(
     assert store.take_slot("fanout:r1", "web04", 3, 0.05)
     time.sleep(0.1)
     assert store.take_slot("fanout:r1", "web05", 3, 60)
+
+
+def test_at_the_deadline_the_hosts_of_batches_never_sent_say_why(store: SqliteRunStore) -> None:
+    # Batch 1's web02 started and its worker died: no result, so batch 1's chord never
+    # completed and batch 2 was never sent. Its hosts were not waiting for a worker on
+    # their queue, and their status says so.
+    run = batched_run(store, max_fail=None)
+    store.save_result("r1", result("web01", Status.OK))
+    assert store.start_host("r1", "web02", "w1@node", time.time()) == "started"
+    report = finalize_run(store, "r1", now=run.deadline + 1)
+    assert report is not None
+    got = {r.host: r for r in report.results}
+    assert got["web02"].status is Status.LOST and "its worker died" in (got["web02"].error or "")
+    for name in NAMES[2:]:
+        assert got[name].status is Status.LOST
+        assert "was never sent, as batch 1 did not end" in (got[name].error or "")
+    assert "batch (2 of 3)" in (got["web03"].error or "")
+    assert "batch (3 of 3)" in (got["web05"].error or "")
+
+
+def test_at_the_deadline_a_sent_batchs_unstarted_host_names_its_queue(
+    store: SqliteRunStore,
+) -> None:
+    run = batched_run(store, max_fail=None)
+    for name in NAMES[:2]:
+        store.save_result("r1", result(name, Status.OK))
+    assert next_batch(store, "r1", 0, worker="w1") == 1  # batch 2 sent; nobody took web03
+    report = finalize_run(store, "r1", now=run.deadline + 1)
+    assert report is not None
+    got = {r.host: r for r in report.results}
+    assert "is a worker consuming queue 'fleet'?" in (got["web03"].error or "")
+    assert "batch (3 of 3) was never sent, as batch 2 did not end" in (got["web05"].error or "")
 
 
 @pytest.mark.parametrize(
