@@ -6,29 +6,45 @@ whoever holds it alone decides the host's fate).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fleet.store import keys
 from fleet.store.parts import RedisPart
 from fleet.store.protocol import FINALIZER
 
+#: Between the worker's name and the call's nonce in a claim's value (never in a name).
+NONCE_SEP = "\x1f"
+
 # KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host,
-# the finalizer's claim name.
+# the finalizer's claim name, this call's nonce.
+# The claim's value is the worker's name and the call's nonce: when the client resends
+# the call because its reply was lost (the store's retry policy), the claim it finds is
+# its own, and it goes on as the first time did, instead of reading "taken" and leaving
+# a host that nobody runs or reports.
 START_HOST_LUA = f"""
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if redis.call('GET', KEYS[1]) == ARGV[5] then
+local mine = ARGV[1] .. '\\31' .. ARGV[6]
+local again = false
+if not redis.call('SET', KEYS[1], mine, 'NX', 'EX', ARGV[2]) then
+  local holder = redis.call('GET', KEYS[1])
+  if holder == ARGV[5] then
     return 'closed'
   end
-  return 'taken'
+  if holder ~= mine then
+    return 'taken'
+  end
+  again = true
 end
 local run = redis.call('HMGET', KEYS[2], 'state', 'deadline', 'events_max')
 if run[1] ~= 'running' or not run[2] or tonumber(ARGV[3]) >= tonumber(run[2]) then
   return 'not_live'
 end
-local bound = tonumber(run[3] or '') or {keys.MIN_EVENTS}
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', bound, '*',
-           'type', 'started', 'host', ARGV[4], 'worker', ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+if not again then
+  local bound = tonumber(run[3] or '') or {keys.MIN_EVENTS}
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', bound, '*',
+             'type', 'started', 'host', ARGV[4], 'worker', ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
 return 'started'
 """
 
@@ -40,6 +56,9 @@ class RedisStart(RedisPart):
     _start_host: Any = None
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
+        return self._start(run_id, host, worker, now, uuid.uuid4().hex)
+
+    def _start(self, run_id: str, host: str, worker: str, now: float, nonce: str) -> str:
         if self._start_host is None:
             self._start_host = self._client.register_script(START_HOST_LUA)
         names = [
@@ -49,6 +68,6 @@ class RedisStart(RedisPart):
         ]
         with self._guard():
             outcome = self._start_host(
-                keys=names, args=[worker, self._retention, now, host, FINALIZER]
+                keys=names, args=[worker, self._retention, now, host, FINALIZER, nonce]
             )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)

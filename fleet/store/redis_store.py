@@ -44,7 +44,7 @@ from fleet.store.redis_audit import RedisAudit
 from fleet.store.redis_blobs import RedisBlobs
 from fleet.store.redis_env import RedisEnv
 from fleet.store.redis_slots import RedisSlots
-from fleet.store.redis_start import RedisStart
+from fleet.store.redis_start import NONCE_SEP, RedisStart
 from fleet.textsafe import exception_line
 
 CONNECT_TIMEOUT = 2.0
@@ -236,7 +236,8 @@ class RedisRunStore(RedisStart, RedisSlots, RedisAffinity, RedisAudit, RedisEnv,
     def claim_holder(self, run_id: str, host: str) -> str | None:
         with self._guard():
             holder = self._client.get(self._key("claim", run_id, host))
-        return None if holder is None else _text(holder)
+        # A worker's claim also holds its call's nonce (`fleet.store.redis_start`).
+        return None if holder is None else _text(holder).split(NONCE_SEP, 1)[0]
 
     def is_live(self, run_id: str, now: float | None = None) -> bool:
         if not keys.is_valid_run_id(run_id):

@@ -112,8 +112,8 @@ def test_a_copy_of_a_running_hosts_message_does_not_free_its_fanout_slot(
     cli: FleetCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A second delivery of a host's message finds the host's slot held and the host
-    # claimed: it reports `interrupted` and must leave the slot to the delivery running
-    # the host, or one host more runs at once than --fanout allows.
+    # claimed: it must leave the slot to the delivery running the host, or one host more
+    # runs at once than --fanout allows.
     times, started = tmp_path / "times", tmp_path / "started"
     times.mkdir()
     started.mkdir()
@@ -154,9 +154,9 @@ def test_a_redelivered_message_does_not_start_the_next_batch_early(
     fresh_redis: RedisServer, ssh_fleet: SSHFleet, start_worker: Any, tmp_path: Path
 ) -> None:
     # The broker delivers the very same message again (same task id, same chord) while
-    # its host still runs: the copy reports `interrupted`, and the chord must not count
-    # it as a second member. Celery 5.6's Redis chord did (no per-task-id check), so a
-    # batch of one fired its callback at once and batch 2 started beside batch 1.
+    # its host still runs: the chord must not count the copy. It did (Celery 5.7 counts a
+    # task id once, but the copy returned first), so a batch of one fired its callback at
+    # once and batch 2 started beside batch 1.
     import redis
 
     env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")

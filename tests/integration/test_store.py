@@ -262,3 +262,23 @@ def test_check_server_warns_when_eviction_is_on(fresh_redis: RedisServer) -> Non
     finally:
         store.close()
         raw.close()
+
+
+def test_a_start_resent_after_its_reply_was_lost_finds_its_own_claim(make_store: MakeStore) -> None:
+    # redis-py resends a call whose reply it lost (the store's retry policy), with the
+    # same arguments. Its claim is then already there: the call must know it as its own,
+    # or the host is neither run by it nor by anyone else.
+    from fleet.store.redis_start import RedisStart
+
+    store = make_store()
+    assert isinstance(store, RedisStart)
+    hosts = make_hosts("web01", COLON_HOST)
+    store.create_run(make_run("r1", hosts), hosts)
+    now = time.time()
+    assert store._start("r1", COLON_HOST, "w1", now, "call-1") == "started"
+    assert store._start("r1", COLON_HOST, "w1", now, "call-1") == "started"  # resent
+    assert store._start("r1", COLON_HOST, "w1", now, "call-2") == "taken"  # another delivery
+    assert store.start_host("r1", COLON_HOST, "w2", now) == "taken"
+    assert store.claim_holder("r1", COLON_HOST) == "w1"
+    started = [e for _, e in store.events("r1") if e.get("type") == "started"]
+    assert started == [{"type": "started", "host": COLON_HOST, "worker": "w1"}]  # once
