@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
@@ -26,6 +28,8 @@ FLUSH_EVERY = 100
 
 REDIS_BACKEND_MODULE = "celery.backends.redis"
 
+log = logging.getLogger(__name__)
+
 _publishing: contextvars.ContextVar[Any] = contextvars.ContextVar("fleet_publishing")
 
 
@@ -37,7 +41,8 @@ class FleetCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
     def producer_or_acquire(self, producer: Any = None) -> Any:
         if producer is None:
             chosen = _publishing.get(None)
-            if chosen is not None and chosen[0] is self:  # another app keeps its broker
+            # Another app keeps its own broker; None: no batching producer chosen.
+            if chosen is not None and chosen[0] is self and chosen[1] is not None:
                 return contextlib.nullcontext(chosen[1])
         return super().producer_or_acquire(producer)
 
@@ -82,11 +87,51 @@ def _submitter_backend(redis_backend: Any) -> Any:
 def publish(signature: Any, app: Any) -> Any:
     """``signature.apply_async()`` with its messages sent in pipelines of
     `FLUSH_EVERY` commands where the broker transport supports it (Redis). Returns what
-    ``apply_async`` returns. Raises what it raises; a failure discards what was not yet
-    sent (kombu's batch), and the caller cancels the run."""
-    with app.producer_or_acquire() as producer, producer.batch(max_size=FLUSH_EVERY):
-        token = _publishing.set((app, producer))
-        try:
+    ``apply_async`` returns.
+
+    A pipeline is sent once, never retried (kombu's ``BatchPublishError``: "delivery is
+    uncertain"), so a broker blip mid-publish is met by sending the whole canvas again
+    the way Celery sends it, one message at a time under its publish retry policy
+    (``task_publish_retry_policy``). The signature is frozen first, so the second
+    sending carries the same task ids, and a message that got through twice is a copy:
+    the host's claim refuses to run it again, and the copy neither counts in the chord
+    nor frees the host's ``--fanout`` slot (`fleet.tasks.run_on_host`); Celery 5.7's
+    Redis chord counts a task id once. Raises what that second ``apply_async`` raises
+    (the broker still down: the caller cancels the run)."""
+    with _publishing_for(app, None):  # frozen results subscribe to nothing either
+        signature.freeze()
+    try:
+        with (
+            app.producer_or_acquire() as producer,
+            producer.batch(max_size=FLUSH_EVERY),
+            _publishing_for(app, producer),
+        ):
             return signature.apply_async()
-        finally:
-            _publishing.reset(token)
+    except _broker_errors(app) as exc:
+        log.warning(
+            "fleet: broker failed mid-publish (%s: %s); sending again, one message at a time",
+            type(exc).__name__,
+            exc,
+        )
+    with _publishing_for(app, None):
+        return signature.apply_async()
+
+
+@contextlib.contextmanager
+def _publishing_for(app: Any, producer: Any) -> Iterator[None]:
+    """Inside: `app` subscribes to no result, and publishes with `producer` (None:
+    Celery's own producer pool, one message at a time)."""
+    token = _publishing.set((app, producer))
+    try:
+        yield
+    finally:
+        _publishing.reset(token)
+
+
+def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
+    """What a failed publish raises: kombu's, and the transport's connection errors."""
+    from kombu import exceptions
+
+    with app.connection_for_write() as conn:  # not connected: only its error classes
+        transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+    return (exceptions.BatchPublishError, exceptions.OperationalError, *transport_errors)

@@ -9,13 +9,19 @@ Nothing consumes the queue, so every message can be read back.
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from celery import chord, group
 
 from fleet.publishing import FleetCelery, publish
+from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
+from tests.harness.sshd import SSHFleet
+from tests.integration.fleetcli import fleet_env
 
 MEMBERS = 250
 QUEUE = "publish-test"
@@ -87,3 +93,97 @@ def test_publish_subscribes_to_no_result(fresh_redis: RedisServer) -> None:
     assert client.pubsub_channels("celery-task-meta-*") == []
     client.close()
     app.close()
+
+
+def test_a_broker_blip_mid_publish_sends_every_message_with_the_same_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarts (AOF on, as a broker runs) just as the second pipeline is sent:
+    kombu never resends a pipeline ("delivery is uncertain"), so `publish` sends the
+    canvas again, one message at a time under Celery's retry policy. Every member
+    arrives; those sent twice carry the same task id (the claims and Celery's chord
+    count rely on it)."""
+    from kombu.transport.redis import PublishBatch
+
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    app = _app(server.url)
+    flushes: list[threading.Thread] = []
+    real_flush = PublishBatch.flush
+
+    def flush_during_a_restart(self: Any) -> None:
+        if len(flushes) == 1:  # the second pipeline
+            server.stop()
+            flushes.append(threading.Timer(0.3, server.start))
+            flushes[-1].start()
+        elif not flushes:
+            flushes.append(threading.Thread())
+        real_flush(self)
+
+    monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
+    try:
+        publish(_canvas(app), app)
+        flushes[-1].join()
+        client = redis.Redis.from_url(server.url)
+        raw = client.lrange(QUEUE, 0, -1)
+        client.close()
+    finally:
+        app.close()
+        server.stop()
+    members = [json.loads(_body(item))[0][0] for item in raw]
+    ids = [json.loads(item)["headers"]["id"] for item in raw]
+    assert sorted(set(members)) == list(range(MEMBERS))  # none lost
+    assert len(raw) > MEMBERS  # the first pipeline's messages went out twice ...
+    assert len(set(ids)) == MEMBERS  # ... with the ids they had
+    assert len(set(zip(members, ids, strict=True))) == MEMBERS
+
+
+def test_a_run_published_through_a_broker_restart_runs_every_host_once(
+    tmp_path: Path,
+    ssh_fleet: SSHFleet,
+    start_worker: Any,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same blip end to end: Redis (broker, results and run store, AOF on) restarts
+    while a run's second pipeline goes out, with workers consuming the first. Every
+    host runs once (the ledger), and the run's chord fires once: the copies of the
+    messages sent twice are ignored by the workers, not counted."""
+    from kombu.transport.redis import PublishBatch
+
+    import fleet.publishing
+    from fleet.api import run
+    from fleet.settings import Settings
+
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    try:
+        env = fleet_env(server.url, ssh_fleet.known_hosts, tmp_path / "home")
+        workers = [start_worker(name=n, concurrency=4, env=env) for n in ("a", "b")]
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("FLEET_INVENTORY", str(ssh_fleet.write_inventory(tmp_path / "inv.yaml")))
+        monkeypatch.setattr(fleet.publishing, "FLUSH_EVERY", 2)  # 6 hosts: 3 pipelines
+        flushes: list[threading.Thread] = []
+        real_flush = PublishBatch.flush
+
+        def flush_during_a_restart(self: Any) -> None:
+            if len(flushes) == 1:  # the second pipeline
+                server.stop()
+                flushes.append(threading.Timer(0.3, server.start))
+                flushes[-1].start()
+            elif not flushes:
+                flushes.append(threading.Thread())
+            real_flush(self)
+
+        monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
+        handle = run(ledger.command("sleep 0.5"), "web", settings=Settings.load())
+        flushes[-1].join()
+        report = handle.wait(timeout=60)
+    finally:
+        server.stop()
+    assert report is not None and len(report.results) == len(ssh_fleet.hosts)
+    assert {r.status.value for r in report.results} == {"ok"}, report.results
+    for host in ssh_fleet.hosts:
+        assert ledger.lines(host.name) == [handle.run_id]
+    logs = "".join(w.log_text() for w in workers)
+    assert logs.count("Task fleet.aggregate[") == 2, logs  # received and succeeded, once
+    assert "ignored" in logs  # the copies of the first pipeline's messages
