@@ -194,6 +194,7 @@ def write_fetched(
     for result in report.results:
         if not result.ok or not result.transfer:
             continue
+        made: Path | None = None
         try:
             staged = Staged(
                 fetched_name(result.host),
@@ -201,7 +202,9 @@ def write_fetched(
                 str(result.transfer["sha256"]),
             )
             target = fetch_target(localdir, result.host, name)
-            target.parent.mkdir(mode=0o700, exist_ok=True)
+            if not target.parent.exists():
+                target.parent.mkdir(mode=0o700)
+                made = target.parent
             fetch_target(localdir, result.host, name)  # again, now that it exists
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fleet-")
             try:
@@ -215,4 +218,7 @@ def write_fetched(
             written += 1
         except (FleetError, OSError, KeyError, ValueError) as exc:
             problems.append(f"{result.host}: fetched file not written: {exc}")
+            if made is not None:  # an empty HOST/ would read as "fetched, and empty"
+                with contextlib.suppress(OSError):
+                    made.rmdir()
     return written, problems

@@ -132,3 +132,29 @@ def test_staging_round_trip_and_tamper(tmp_path: Path) -> None:
     sink = io.BytesIO()
     read_staged(store, "r2", staged, sink)
     assert staged.size == 0 and sink.getvalue() == b""
+
+
+def test_a_fetched_file_not_written_leaves_no_empty_host_directory(tmp_path: Path) -> None:
+    from fleet.cli_transfer import write_fetched
+    from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
+    from fleet.staging import fetched_name
+
+    store = SqliteRunStore(tmp_path / "h.sqlite3")
+    source = tmp_path / "src"
+    source.write_bytes(b"hello\n")
+    staged = stage_file(store, "r1", fetched_name("web01"), source, 60)
+    transfer = {"path": "/etc/motd", "bytes": staged.size, "sha256": staged.sha256}
+    results = [
+        HostResult("web01", Status.OK, exit_code=0, transfer=transfer),
+        # Its staged file is gone (expired): the write fails for this host only.
+        HostResult("web02", Status.OK, exit_code=0, transfer=transfer),
+    ]
+    run = RunRecord("r1", "fetch", "web", ("web01", "web02"), utc_now(), 0.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "web03").mkdir()  # there before: not fleet's to remove
+    written, problems = write_fetched(store, "r1", RunReport.assemble(run, results), out, "motd")
+    assert written == 1 and (out / "web01" / "motd").read_bytes() == b"hello\n"
+    assert len(problems) == 1 and problems[0].startswith("web02: fetched file not written")
+    assert sorted(p.name for p in out.iterdir()) == ["web01", "web03"]  # no empty web02/
+    store.close()
