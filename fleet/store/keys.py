@@ -12,7 +12,7 @@ Layout, every key under one prefix and every key with a TTL (the retention)::
                                      the report is the record and the results
     {prefix}:run:{id}:env            string: JSON of the run's --env values (TTL: the
                                      run's deadline; deleted when the run finishes)
-    {prefix}:claim:{id}:{hexhost}    string: the worker that claimed the host
+    {prefix}:claim:{id}:{hexhost}    string: who claimed the host, \x1f, the call's nonce
     {prefix}:runs                    sorted set: run id scored by creation time
     {prefix}:host:{hexhost}:runs     sorted set: the runs that targeted one host
     {prefix}:beat:{hexname}          hash: a schedule's last_slot, last_run_id, skipped

@@ -1,7 +1,13 @@
-"""A host's start in one Redis round trip (a mixin of `RedisRunStore`): the claim, the
-run's liveness and the ``started`` progress event, which `fleet.lifecycle.run_host_job`
-used to ask in three. Same semantics as the three calls in that order (the claim first:
-whoever holds it alone decides the host's fate).
+"""Claims, and a host's start in one Redis round trip (a mixin of `RedisRunStore`): the
+claim, the run's liveness and the ``started`` progress event, which
+`fleet.lifecycle.run_host_job` used to ask in three. Same semantics as the three calls in
+that order (the claim first: whoever holds it alone decides the host's fate).
+
+A claim's value is the claimer's name (a worker's, `FINALIZER`, ...) and a nonce per
+call: when redis-py resends a call whose reply it lost (the store's retry policy, with
+the same arguments), the claim it finds is its own, and it goes on as the first attempt
+did, instead of reading "someone else's" and leaving a host (or a batch) that nobody
+starts or reports.
 """
 
 from __future__ import annotations
@@ -16,18 +22,27 @@ from fleet.store.protocol import FINALIZER
 #: Between the worker's name and the call's nonce in a claim's value (never in a name).
 NONCE_SEP = "\x1f"
 
+# KEYS: the claim's key. ARGV: claimer, seconds to keep it, this call's nonce.
+# 1: claimed by this call (or by its first attempt).
+CLAIM_LUA = """
+local mine = ARGV[1] .. '\\31' .. ARGV[3]
+if redis.call('SET', KEYS[1], mine, 'NX', 'EX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == mine then
+  return 1
+end
+return 0
+"""
+
 # KEYS: claim key, run hash, events stream. ARGV: worker, retention, now (epoch s), host,
 # the finalizer's claim name, this call's nonce.
-# The claim's value is the worker's name and the call's nonce: when the client resends
-# the call because its reply was lost (the store's retry policy), the claim it finds is
-# its own, and it goes on as the first time did, instead of reading "taken" and leaving
-# a host that nobody runs or reports.
 START_HOST_LUA = f"""
 local mine = ARGV[1] .. '\\31' .. ARGV[6]
 local again = false
 if not redis.call('SET', KEYS[1], mine, 'NX', 'EX', ARGV[2]) then
   local holder = redis.call('GET', KEYS[1])
-  if holder == ARGV[5] then
+  if string.match(holder, '^[^\\31]*') == ARGV[5] then
     return 'closed'
   end
   if holder ~= mine then
@@ -50,10 +65,22 @@ return 'started'
 
 
 class RedisStart(RedisPart):
-    """`start_host` of the `RunStore` protocol."""
+    """`claim_host` and `start_host` of the `RunStore` protocol."""
 
     _retention: int
     _start_host: Any = None
+    _claim_script: Any = None
+
+    def claim_host(self, run_id: str, host: str, worker: str) -> bool:
+        return self._claim(self._key("claim", run_id, host), worker, self._retention)
+
+    def _claim(self, key: str, who: str, ttl_s: int, nonce: str | None = None) -> bool:
+        """SET NX of `key` for `ttl_s` seconds, safe to resend (see the module)."""
+        if self._claim_script is None:
+            self._claim_script = self._client.register_script(CLAIM_LUA)
+        with self._guard():
+            taken = self._claim_script(keys=[key], args=[who, ttl_s, nonce or uuid.uuid4().hex])
+        return bool(int(taken))
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
         return self._start(run_id, host, worker, now, uuid.uuid4().hex)

@@ -5,10 +5,10 @@ caught here and re-raised as `BackendError` naming the store's URL, redacted.
 
 Retries: the client retries connection errors with a short backoff, so a Redis
 restart of a second or two is ridden out. A retried write may have landed the
-first time; every write here is either idempotent (HSETNX, compare-and-set) or
-errs on the safe side (a retried claim reads as "taken", so the host is not run rather
-than run twice, and ends `lost` at the run's deadline; a retried event may appear
-twice).
+first time; every write here is either idempotent (HSETNX, compare-and-set), or knows
+its own first attempt (a claim holds its call's nonce, `fleet.store.redis_start`), or
+errs on the safe side (a retried event may appear twice; a retried `save_result` that
+had landed says "not recorded" in the worker's log while the result is there).
 """
 
 from __future__ import annotations
@@ -226,17 +226,10 @@ class RedisRunStore(RedisStart, RedisSlots, RedisAffinity, RedisAudit, RedisEnv,
             raw = self._client.hget(self._key("run", run_id), "hosts")
         return keys.hosts_from_json(_text(raw)) if raw else ()
 
-    def claim_host(self, run_id: str, host: str, worker: str) -> bool:
-        with self._guard():
-            taken = self._client.set(
-                self._key("claim", run_id, host), worker, nx=True, ex=self._retention
-            )
-        return bool(taken)
-
     def claim_holder(self, run_id: str, host: str) -> str | None:
         with self._guard():
             holder = self._client.get(self._key("claim", run_id, host))
-        # A worker's claim also holds its call's nonce (`fleet.store.redis_start`).
+        # A claim also holds its call's nonce (`fleet.store.redis_start`).
         return None if holder is None else _text(holder).split(NONCE_SEP, 1)[0]
 
     def is_live(self, run_id: str, now: float | None = None) -> bool:
@@ -358,9 +351,8 @@ class RedisRunStore(RedisStart, RedisSlots, RedisAffinity, RedisAudit, RedisEnv,
         return runs[:limit]
 
     def claim_slot(self, schedule: str, slot: int, ttl_s: int) -> bool:
-        with self._guard():
-            key = keys.key(self._prefix, "beat_slot", str(int(slot)), schedule)
-            return bool(self._client.set(key, "1", nx=True, ex=max(1, int(ttl_s))))
+        key = keys.key(self._prefix, "beat_slot", str(int(slot)), schedule)
+        return self._claim(key, "beat", max(1, int(ttl_s)))
 
     def record_firing(self, schedule: str, slot: int, run_id: str) -> None:
         with self._guard():

@@ -14,7 +14,7 @@ import redis
 
 from fleet.errors import BackendError, FleetError, RunNotFoundError
 from fleet.results import RunReport
-from fleet.store.protocol import RunStore
+from fleet.store.protocol import FINALIZER, RunStore
 from fleet.store.redis_store import RedisRunStore
 from tests.harness.redis_server import RedisServer
 from tests.store_contract import (
@@ -282,3 +282,11 @@ def test_a_start_resent_after_its_reply_was_lost_finds_its_own_claim(make_store:
     assert store.claim_holder("r1", COLON_HOST) == "w1"
     started = [e for _, e in store.events("r1") if e.get("type") == "started"]
     assert started == [{"type": "started", "host": COLON_HOST, "worker": "w1"}]  # once
+    # A plain claim (the run's end, a batch, a beat slot) too.
+    key = store._key("claim", "r1", "web01")
+    assert store._claim(key, FINALIZER, 60, nonce="call-3")
+    assert store._claim(key, FINALIZER, 60, nonce="call-3")  # resent: still its own
+    assert not store._claim(key, FINALIZER, 60, nonce="call-4")
+    assert not store.claim_host("r1", "web01", "w2")
+    assert store.claim_holder("r1", "web01") == FINALIZER
+    assert store.start_host("r1", "web01", "w1", now) == "closed"

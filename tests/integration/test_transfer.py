@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,9 @@ import pytest
 import yaml
 
 from tests.harness.redis_server import RedisServer
-from tests.harness.sshd import SSHFleet
+from tests.harness.sshd import SSHFleet, write_inventory
+from tests.harness.sudo_user import SUDO_USER, ensure_sudo_user, uid_of
+from tests.integration.conftest import SESSION_FLEET_SIZE
 from tests.integration.fleetcli import FleetCLI, fleet_env, statuses
 
 ARGS = ["a b", "it's", '"double"', "$HOME", "-x", "semi;colon", ""]
@@ -153,6 +156,68 @@ def test_copy_with_sudo_gives_a_root_owned_file(
     assert dest.read_text() == "setting = 1\n"
     assert dest.stat().st_uid == 0 and dest.stat().st_mode & 0o7777 == 0o644
     assert list(tmpdir.iterdir()) == []
+
+
+def test_sudo_makes_the_difference_for_a_plain_login_user(
+    fresh_redis: RedisServer, start_worker: Any, tmp_path: Path
+) -> None:
+    # Logged in as root (the harness's usual user in CI), --sudo changes nothing one can
+    # see. As a plain user it must: a root-owned file where the user may not write, and
+    # without it the user's own file, or "Permission denied".
+    reason = ensure_sudo_user()
+    if reason is not None:
+        pytest.skip(reason)
+    public = Path(tempfile.mkdtemp(prefix="fleet-sudo-"))
+    # sshd reads AuthorizedKeysFile as the user logging in: the fleet's directory must be
+    # reachable by it (pytest's own temporary directories are root's alone).
+    fleet = SSHFleet(public / "sshd", count=1, first=SESSION_FLEET_SIZE + 40)
+    try:
+        for path in (public, fleet.dir, fleet.home):
+            path.chmod(0o755)
+        fleet.authorized_keys.chmod(0o644)
+        remote_tmp, owned, rooted = public / "tmp", public / "mine", public / "etc"
+        for directory in (remote_tmp, owned, rooted):
+            directory.mkdir(mode=0o755)
+        for directory in (remote_tmp, owned):
+            os.chown(directory, uid_of(), -1)
+        env = fleet_env(fresh_redis.url, fleet.known_hosts, tmp_path / "home")
+        start_worker(name="a", concurrency=2, env=env)
+        inventory = write_inventory(
+            tmp_path / "inventory.yaml",
+            fleet.hosts,
+            identity_file=fleet.client_key,
+            user=SUDO_USER,
+            extra_vars={"env": {"TMPDIR": str(remote_tmp)}},
+        )
+        cli = FleetCLI(inventory, env)
+        source = tmp_path / "app.conf"
+        source.write_text("setting = 1\n")
+
+        rc, doc = cli.run_json(["run", "id -un", "-g", "web"])
+        assert rc == 0 and doc["results"][0]["stdout"] == f"{SUDO_USER}\n", doc["results"]
+        rc, doc = cli.run_json(["run", "id -un", "-g", "web", "--sudo"])
+        assert rc == 0 and doc["results"][0]["stdout"] == "root\n", doc["results"]
+
+        rc, doc = cli.run_json(["copy", str(source), str(rooted / "app.conf"), "-g", "web"])
+        assert rc == 1 and doc["results"][0]["status"] == "failed", doc["results"]
+        assert "Permission denied" in doc["results"][0]["error"]
+        assert not (rooted / "app.conf").exists()
+
+        rc, doc = cli.run_json(
+            ["copy", str(source), str(rooted / "app.conf"), "-g", "web", "--sudo"]
+        )
+        assert rc == 0, doc["results"]
+        placed = (rooted / "app.conf").stat()
+        assert placed.st_uid == 0 and placed.st_mode & 0o7777 == 0o644
+        assert (rooted / "app.conf").read_text() == "setting = 1\n"
+
+        rc, doc = cli.run_json(["copy", str(source), str(owned / "app.conf"), "-g", "web"])
+        assert rc == 0, doc["results"]
+        assert (owned / "app.conf").stat().st_uid == uid_of()
+        assert list(remote_tmp.iterdir()) == []  # every upload's private directory gone
+    finally:
+        fleet.stop()
+        shutil.rmtree(public, ignore_errors=True)
 
 
 def test_copy_failures_say_why(cluster: tuple[FleetCLI, Path], tmp_path: Path) -> None:
