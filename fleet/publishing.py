@@ -134,4 +134,7 @@ def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
 
     with app.connection_for_write() as conn:  # not connected: only its error classes
         transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+    # kombu's Redis transport counts KeyError among its channel errors: here it would
+    # only be a bug, which a second sending would hide.
+    transport_errors = tuple(e for e in transport_errors if e is not KeyError)
     return (exceptions.BatchPublishError, exceptions.OperationalError, *transport_errors)

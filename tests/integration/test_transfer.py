@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -135,27 +134,6 @@ def test_copy_5mib_to_10_hosts_atomic_verified_with_mode(
 
     client = redis.Redis.from_url(fresh_redis.url)
     assert [k for k in client.scan_iter("*") if b":blob" in k] == []
-
-
-def _sudo_usable() -> bool:
-    return shutil.which("sudo") is not None and (
-        subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
-    )
-
-
-@pytest.mark.skipif(not _sudo_usable(), reason="`sudo -n true` fails for the test user")
-def test_copy_with_sudo_gives_a_root_owned_file(
-    cluster: tuple[FleetCLI, Path], tmp_path: Path
-) -> None:
-    cli, tmpdir = cluster
-    source = tmp_path / "conf"
-    source.write_text("setting = 1\n")
-    dest = tmp_path / "placed.conf"
-    rc, doc = cli.run_json(["copy", str(source), str(dest), "-g", "h02", "--sudo"])
-    assert rc == 0, doc
-    assert dest.read_text() == "setting = 1\n"
-    assert dest.stat().st_uid == 0 and dest.stat().st_mode & 0o7777 == 0o644
-    assert list(tmpdir.iterdir()) == []
 
 
 def test_sudo_makes_the_difference_for_a_plain_login_user(
