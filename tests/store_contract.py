@@ -188,6 +188,8 @@ class StoreContract:
         assert store.save_result(run.run_id, first)
         lost = HostResult.not_run(COLON_HOST, Status.LOST, "no result by the deadline")
         assert not store.save_result(run.run_id, lost)
+        # The very same result again: the call resent after its reply was lost.
+        assert store.save_result(run.run_id, first)
         assert store.results(run.run_id) == {COLON_HOST: first}
         events = [e for _, e in store.events(run.run_id)]
         assert events == [{"type": "result", "host": COLON_HOST, "status": "ok"}]

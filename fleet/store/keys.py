@@ -149,12 +149,17 @@ return id
 # KEYS: run hash, results hash, events stream. ARGV: retention, host, result JSON,
 # then the event's field/value pairs. Storing and announcing are one step, so a
 # follower never sees a result event without its result, nor a result twice; a run
-# whose record is gone gets nothing (its result keys would live on alone).
+# whose record is gone gets nothing (its result keys would live on alone). The same
+# result already there is this call's first attempt, resent after its reply was lost:
+# stored, and announced then.
 SAVE_RESULT_LUA = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false  -- the run is gone (expired, flushed): do not recreate its keys
 end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
+  if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3] then
+    return 'again'
+  end
   return false
 end
 redis.call('EXPIRE', KEYS[2], ARGV[1])

@@ -181,7 +181,9 @@ class RunStore(Protocol):
         """Store a host's result unless one is stored (first write wins).
 
         When stored, also appends the progress event `result_event(result)`.
-        Returns whether it was stored.
+        Returns whether it is the stored one: True also when the very same result was
+        stored before (this call, resent after its reply was lost), without a second
+        event.
         """
 
     def results(self, run_id: str) -> dict[str, HostResult]:

@@ -7,8 +7,8 @@ Retries: the client retries connection errors with a short backoff, so a Redis
 restart of a second or two is ridden out. A retried write may have landed the
 first time; every write here is either idempotent (HSETNX, compare-and-set), or knows
 its own first attempt (a claim holds its call's nonce, `fleet.store.redis_start`), or
-errs on the safe side (a retried event may appear twice; a retried `save_result` that
-had landed says "not recorded" in the worker's log while the result is there).
+knows its own first attempt by what it wrote (`save_result`), or errs on the safe side
+(a retried event may appear twice).
 """
 
 from __future__ import annotations

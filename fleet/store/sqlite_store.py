@@ -265,14 +265,21 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
 
     def save_result(self, run_id: str, result: HostResult) -> bool:
         event = dumps(result_event(result))
+        data = codec.result_json(result)
         with self._guard(), self._lock, self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO results (run_id, host, data) VALUES (?, ?, ?)",
-                (run_id, result.host, codec.result_json(result)),
+                (run_id, result.host, data),
             )
             stored = cursor.rowcount == 1
             if stored:
                 conn.execute("INSERT INTO events (run_id, data) VALUES (?, ?)", (run_id, event))
+            else:  # the very same result again is this one (the protocol's rule)
+                row = conn.execute(
+                    "SELECT data FROM results WHERE run_id = ? AND host = ?", (run_id, result.host)
+                ).fetchone()
+                if row is not None and row[0] == data:
+                    return True
         if stored:
             with self._new_event:
                 self._new_event.notify_all()
