@@ -222,18 +222,15 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
         return hosts_from_json(row[0]) if row else ()
 
     def claim_host(self, run_id: str, host: str, worker: str) -> bool:
+        claim = "INSERT OR IGNORE INTO claims (run_id, host, worker) VALUES (?, ?, ?)"
         with self._guard(), self._lock:
-            cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO claims (run_id, host, worker) VALUES (?, ?, ?)",
-                (run_id, host, worker),
-            )
+            cursor = self._conn.execute(claim, (run_id, host, worker))
         return cursor.rowcount == 1
 
     def claim_holder(self, run_id: str, host: str) -> str | None:
+        query = "SELECT worker FROM claims WHERE run_id = ? AND host = ?"
         with self._guard(), self._lock:
-            row = self._conn.execute(
-                "SELECT worker FROM claims WHERE run_id = ? AND host = ?", (run_id, host)
-            ).fetchone()
+            row = self._conn.execute(query, (run_id, host)).fetchone()
         return str(row[0]) if row else None
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
@@ -275,11 +272,8 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
             if stored:
                 conn.execute("INSERT INTO events (run_id, data) VALUES (?, ?)", (run_id, event))
             else:  # the very same result again is this one (the protocol's rule)
-                row = conn.execute(
-                    "SELECT data FROM results WHERE run_id = ? AND host = ?", (run_id, result.host)
-                ).fetchone()
-                if row is not None and row[0] == data:
-                    return True
+                same = "SELECT data = ? FROM results WHERE run_id = ? AND host = ?"
+                return bool(conn.execute(same, (data, run_id, result.host)).fetchone() == (1,))
         if stored:
             with self._new_event:
                 self._new_event.notify_all()
