@@ -1,5 +1,3 @@
-import sys
+from fleet.cli import main_exit
 
-from fleet.cli import main
-
-sys.exit(main())
+main_exit()

@@ -73,7 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_exit() -> None:
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # Ctrl-C means now: Python's own exit would first join every thread of the
+        # in-process worker's pool (concurrent.futures), waiting for the very commands
+        # the operator interrupted.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _reader_gone() -> int:

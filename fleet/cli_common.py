@@ -77,8 +77,10 @@ def detach(session: Any, run_id: str) -> int:
     if session.is_embedded:
         session.cancel(run_id)
         print(
-            f"fleet: interrupted: run {run_id} cancelled (the in-process worker stops with "
-            f"this command); see what ran with: fleet report {run_id}",
+            f"fleet: interrupted: run {run_id} cancelled: no further host starts; waiting "
+            "for the hosts already running to finish (Ctrl-C again to quit now, leaving "
+            f"their commands running: they end `lost`); see what ran with: "
+            f"fleet report {run_id}",
             file=sys.stderr,
         )
     else:

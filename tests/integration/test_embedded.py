@@ -164,3 +164,28 @@ def test_python_api_in_embedded_mode(cli: FleetCLI) -> None:
     # The API's run is in the same SQLite history as the CLI's.
     listing = json.loads(cli.run(["runs", "--json"]).stdout)
     assert [r["run_id"] for r in listing] == [doc["run_id"]]
+
+
+def test_ctrl_c_waits_for_running_hosts_and_a_second_one_quits_at_once(
+    cli: FleetCLI, tmp_path: Path
+) -> None:
+    import signal
+
+    started = tmp_path / "started"
+    proc = cli.popen(["run", f"touch {started}; sleep 30", "-g", "local"])
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert proc.poll() is None  # waiting for the host still running, as it said
+        proc.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - began < 5  # not the 30 s of the command it left running
+    assert "Ctrl-C again to quit now" in err and "Traceback" not in err
