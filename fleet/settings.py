@@ -20,9 +20,14 @@ ENV_PREFIX = "FLEET_"
 DAY = 86400
 
 
-def default_home() -> str:
-    """fleet's own directory when ``FLEET_HOME`` is not set (XDG data home)."""
-    return os.path.join(os.path.expanduser("~"), ".local", "share", "fleet")
+def default_home(env: Mapping[str, str] | None = None) -> str:
+    """fleet's own directory when ``FLEET_HOME`` is not set: ``$XDG_DATA_HOME/fleet``,
+    by default ``~/.local/share/fleet`` (XDG Base Directory Specification: a relative
+    ``XDG_DATA_HOME`` is invalid and ignored)."""
+    data = (os.environ if env is None else env).get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data):
+        data = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "fleet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +104,7 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         settings = cls(**values)
         if not settings.home:
-            settings = _replace(settings, home=default_home())
+            settings = _replace(settings, home=default_home(env))
         if not settings.known_hosts:
             settings = _replace(settings, known_hosts=str(Path(settings.home) / "known_hosts"))
         if (

@@ -190,7 +190,7 @@ def _header(doc: _Doc, run: RunRecord) -> None:
         ("run", run.run_id),
         ("command", run.command),
         ("pattern", run.pattern),
-        ("state", f"{run.state} ({len(run.hosts)} hosts)"),
+        ("state", f"{run.state} ({len(run.hosts)} host{'' if len(run.hosts) == 1 else 's'})"),
         ("by", by),
         ("when", f"started {_short_time(run.created_at)} UTC{ended}"),
     ]

@@ -237,7 +237,7 @@ def test_report_has_a_header_and_runs_host_shows_that_hosts_status(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"run:     {run_id}"
     assert out[1] == "command: echo hi" and out[2] == "pattern: local"
-    assert out[3].startswith("state:   finished (1 hosts)") and out[5].startswith(
+    assert out[3].startswith("state:   finished (1 host)") and out[5].startswith(
         "when:    started"
     )
 
@@ -269,3 +269,16 @@ def test_every_option_has_help_text() -> None:
         if not a.help and not isinstance(a, argparse._SubParsersAction)
     ]
     assert missing == []
+
+
+def test_embedded_history_goes_to_the_xdg_data_home(tmp_path: Path) -> None:
+    from fleet.settings import Settings
+
+    home = Path.home()
+    assert Settings.load(env={}).home == str(home / ".local" / "share" / "fleet")
+    assert Settings.load(env={"XDG_DATA_HOME": str(tmp_path)}).home == str(tmp_path / "fleet")
+    # The XDG spec: a relative path is invalid and ignored.
+    relative = Settings.load(env={"XDG_DATA_HOME": "data"}).home
+    assert relative == str(home / ".local" / "share" / "fleet")
+    both = {"XDG_DATA_HOME": str(tmp_path), "FLEET_HOME": str(tmp_path / "mine")}
+    assert Settings.load(env=both).home == str(tmp_path / "mine")
