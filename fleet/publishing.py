@@ -28,6 +28,16 @@ FLUSH_EVERY = 100
 
 REDIS_BACKEND_MODULE = "celery.backends.redis"
 
+#: Celery's publish retry policy (kombu's ``ensure``: seconds) for the second sending,
+#: after a broker failure mid-publish: about 8 s of retries, time for a broker to restart
+#: (Celery's default, ``task_publish_retry_policy``, gives up after about 0.6 s).
+RESEND_RETRY_POLICY = {
+    "max_retries": 10,
+    "interval_start": 0.25,
+    "interval_step": 0.25,
+    "interval_max": 1.0,
+}
+
 log = logging.getLogger(__name__)
 
 _publishing: contextvars.ContextVar[Any] = contextvars.ContextVar("fleet_publishing")
@@ -91,8 +101,8 @@ def publish(signature: Any, app: Any) -> Any:
 
     A pipeline is sent once, never retried (kombu's ``BatchPublishError``: "delivery is
     uncertain"), so a broker blip mid-publish is met by sending the whole canvas again
-    the way Celery sends it, one message at a time under its publish retry policy
-    (``task_publish_retry_policy``). The signature is frozen first, so the second
+    the way Celery sends it, one message at a time, retried for about 8 s
+    (`RESEND_RETRY_POLICY`). The signature is frozen first, so the second
     sending carries the same task ids, and a message that got through twice is a copy:
     the host's claim refuses to run it again, and the copy neither counts in the chord
     nor frees the host's ``--fanout`` slot (`fleet.tasks.run_on_host`); Celery 5.7's
@@ -114,7 +124,7 @@ def publish(signature: Any, app: Any) -> Any:
             exc,
         )
     with _publishing_for(app, None):
-        return signature.apply_async()
+        return signature.apply_async(retry_policy=RESEND_RETRY_POLICY)
 
 
 @contextlib.contextmanager

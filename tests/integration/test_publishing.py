@@ -144,8 +144,9 @@ def test_a_run_published_through_a_broker_restart_runs_every_host_once(
     ledger: Ledger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same blip end to end: Redis (broker, results and run store, AOF on) restarts
-    while a run's second pipeline goes out, with workers consuming the first. Every
+    """The same end to end: Redis (broker, results and run store, AOF on) is down for 3 s
+    from the moment a run's second pipeline goes out, with workers consuming the first
+    (Celery's default publish retries give up after about 0.6 s). Every
     host runs once (the ledger), and the run's chord fires once: the copies of the
     messages sent twice are ignored by the workers, not counted."""
     from kombu.transport.redis import PublishBatch
@@ -168,7 +169,7 @@ def test_a_run_published_through_a_broker_restart_runs_every_host_once(
         def flush_during_a_restart(self: Any) -> None:
             if len(flushes) == 1:  # the second pipeline
                 server.stop()
-                flushes.append(threading.Timer(0.3, server.start))
+                flushes.append(threading.Timer(3.0, server.start))
                 flushes[-1].start()
             elif not flushes:
                 flushes.append(threading.Thread())

@@ -237,9 +237,7 @@ def test_report_has_a_header_and_runs_host_shows_that_hosts_status(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"run:     {run_id}"
     assert out[1] == "command: echo hi" and out[2] == "pattern: local"
-    assert out[3].startswith("state:   finished (1 host)") and out[5].startswith(
-        "when:    started"
-    )
+    assert out[3].startswith("state:   finished (1 host)") and out[5].startswith("when:    started")
 
     assert main(["runs", "--host", "localhost", "--json", "-i", str(inv)]) == 0
     doc = json.loads(capsys.readouterr().out)
