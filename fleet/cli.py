@@ -199,7 +199,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 with ProgressDisplay(run.command, len(run.hosts), enabled=not args.json) as bar:
                     followed = session.follow(args.run_id, on_progress=bar.update)
             except KeyboardInterrupt:
-                return detach(session, args.run_id)
+                return detach(session, args.run_id, runs_here=False)
             report = followed if followed is not None else session.report(args.run_id)
     return emit_report(report, args, header=True)
 

@@ -73,8 +73,12 @@ def check_writable(path: Path) -> None:
         raise UsageError(f"--html {path}: not writable")
 
 
-def detach(session: Any, run_id: str) -> int:
-    if session.is_embedded:
+def detach(session: Any, run_id: str, *, runs_here: bool = True) -> int:
+    """Ctrl-C while following `run_id`. `runs_here`: this command's own in-process
+    worker runs it (embedded `fleet run`), so it cannot go on without the command and is
+    cancelled; otherwise (a broker's workers, or `fleet report --follow` of another
+    command's run) only the following stops."""
+    if session.is_embedded and runs_here:
         session.cancel(run_id)
         print(
             f"fleet: interrupted: run {run_id} cancelled: no further host starts; waiting "

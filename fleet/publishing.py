@@ -29,13 +29,15 @@ FLUSH_EVERY = 100
 REDIS_BACKEND_MODULE = "celery.backends.redis"
 
 #: Celery's publish retry policy (kombu's ``ensure``: seconds) for the second sending,
-#: after a broker failure mid-publish: about 8 s of retries, time for a broker to restart
-#: (Celery's default, ``task_publish_retry_policy``, gives up after about 0.6 s).
+#: after a broker failure mid-publish: 7 s of pauses between 5 retries, time for a broker
+#: to restart (Celery's default, ``task_publish_retry_policy``, gives up after about
+#: 0.6 s). A broker address that does not answer at all adds the connect timeout
+#: (``broker_connection_timeout``, 3 s) to each retry: about 22 s in all.
 RESEND_RETRY_POLICY = {
-    "max_retries": 10,
-    "interval_start": 0.25,
-    "interval_step": 0.25,
-    "interval_max": 1.0,
+    "max_retries": 5,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 2.0,
 }
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def publish(signature: Any, app: Any) -> Any:
 
     A pipeline is sent once, never retried (kombu's ``BatchPublishError``: "delivery is
     uncertain"), so a broker blip mid-publish is met by sending the whole canvas again
-    the way Celery sends it, one message at a time, retried for about 8 s
+    the way Celery sends it, one message at a time, retried for about 7 s
     (`RESEND_RETRY_POLICY`). The signature is frozen first, so the second
     sending carries the same task ids, and a message that got through twice is a copy:
     the host's claim refuses to run it again, and the copy neither counts in the chord

@@ -2,9 +2,12 @@
 difference: the harness otherwise logs in as the test user, root in CI, for whom every
 file is root's with or without sudo.
 
-The user is made once per machine (`useradd`) and kept: its name says what it is for.
-The harness's sshd accepts the client key for any user (one `AuthorizedKeysFile` path),
-so an inventory with ``user: fleet-sudo-test`` logs in as it.
+The user is made once per machine (`useradd`) and kept: its name says what it is for,
+and the README's test command says it makes it. It has no password and no
+``~/.ssh/authorized_keys``, so the machine's own sshd lets nobody in as it; the
+harness's sshd accepts the test's client key for any user (one `AuthorizedKeysFile`
+path), so an inventory with ``user: fleet-sudo-test`` logs in as it. Remove it with
+``userdel -r fleet-sudo-test; rm /etc/sudoers.d/fleet-sudo-test``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 SUDO_USER = "fleet-sudo-test"
@@ -30,18 +34,22 @@ def ensure_sudo_user(name: str = SUDO_USER) -> str | None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        # /bin/sh: no ~/.bashrc read on every command (PITFALLS: Debian's bash).
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        # /bin/sh: no ~/.bashrc read on every command (PITFALLS: Debian's bash). Not
+        # checked: a second test run on this machine may have made it meanwhile.
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=False)
+        pwd.getpwnam(name)  # KeyError if it still does not exist
     # '*': no password can log in, but the account is not locked ('!'), which sshd
     # without PAM refuses even for a key.
     subprocess.run(["usermod", "-p", "*", name], check=True)
     wanted = f"{name} ALL=(ALL) NOPASSWD: ALL\n"
     if not SUDOERS.exists() or SUDOERS.read_text() != wanted:
-        staged = SUDOERS.with_name(".fleet-sudo-test.new")
-        staged.write_text(wanted)
-        staged.chmod(0o440)
-        subprocess.run(["visudo", "-cqf", str(staged)], check=True)
-        staged.replace(SUDOERS)
+        # A name with a dot, which sudo's includedir skips, until visudo has checked it.
+        fd, staged = tempfile.mkstemp(prefix=".fleet-sudo-test.", dir=SUDOERS.parent)
+        with os.fdopen(fd, "w") as out:
+            out.write(wanted)
+        os.chmod(staged, 0o440)
+        subprocess.run(["visudo", "-cqf", staged], check=True)
+        os.replace(staged, SUDOERS)
     return None
 
 

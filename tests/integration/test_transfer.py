@@ -146,10 +146,11 @@ def test_sudo_makes_the_difference_for_a_plain_login_user(
     if reason is not None:
         pytest.skip(reason)
     public = Path(tempfile.mkdtemp(prefix="fleet-sudo-"))
-    # sshd reads AuthorizedKeysFile as the user logging in: the fleet's directory must be
-    # reachable by it (pytest's own temporary directories are root's alone).
-    fleet = SSHFleet(public / "sshd", count=1, first=SESSION_FLEET_SIZE + 40)
+    fleet: SSHFleet | None = None
     try:
+        # sshd reads AuthorizedKeysFile as the user logging in: the fleet's directory
+        # must be reachable by it (pytest's own temporary directories are root's alone).
+        fleet = SSHFleet(public / "sshd", count=1, first=SESSION_FLEET_SIZE + 40)
         for path in (public, fleet.dir, fleet.home):
             path.chmod(0o755)
         fleet.authorized_keys.chmod(0o644)
@@ -194,7 +195,8 @@ def test_sudo_makes_the_difference_for_a_plain_login_user(
         assert (owned / "app.conf").stat().st_uid == uid_of()
         assert list(remote_tmp.iterdir()) == []  # every upload's private directory gone
     finally:
-        fleet.stop()
+        if fleet is not None:
+            fleet.stop()
         shutil.rmtree(public, ignore_errors=True)
 
 

@@ -280,3 +280,30 @@ def test_embedded_history_goes_to_the_xdg_data_home(tmp_path: Path) -> None:
     assert relative == str(home / ".local" / "share" / "fleet")
     both = {"XDG_DATA_HOME": str(tmp_path), "FLEET_HOME": str(tmp_path / "mine")}
     assert Settings.load(env=both).home == str(tmp_path / "mine")
+
+
+class _FakeSession:
+    def __init__(self, embedded: bool) -> None:
+        self.is_embedded = embedded
+        self.cancelled: list[str] = []
+
+    def cancel(self, run_id: str) -> None:
+        self.cancelled.append(run_id)
+
+
+def test_ctrl_c_cancels_only_a_run_this_command_runs_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleet.cli_common import detach
+
+    # `fleet run` in embedded mode: its worker lives in the command.
+    own = _FakeSession(embedded=True)
+    assert detach(own, "r1") == 130 and own.cancelled == ["r1"]
+    assert "Ctrl-C again to quit now" in capsys.readouterr().err
+    # `fleet report --follow` of an embedded run another command runs: it goes on.
+    follower = _FakeSession(embedded=True)
+    assert detach(follower, "r1", runs_here=False) == 130 and follower.cancelled == []
+    assert "it goes on" in capsys.readouterr().err
+    # A broker's workers run it: it goes on.
+    remote = _FakeSession(embedded=False)
+    assert detach(remote, "r1") == 130 and remote.cancelled == []
