@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,17 +29,14 @@ FLUSH_EVERY = 100
 
 REDIS_BACKEND_MODULE = "celery.backends.redis"
 
-#: Celery's publish retry policy (kombu's ``ensure``: seconds) for the second sending,
-#: after a broker failure mid-publish: 7 s of pauses between 5 retries, time for a broker
-#: to restart (Celery's default, ``task_publish_retry_policy``, gives up after about
-#: 0.6 s). A broker address that does not answer at all adds the connect timeout
-#: (``broker_connection_timeout``, 3 s) to each retry: about 22 s in all.
-RESEND_RETRY_POLICY = {
-    "max_retries": 5,
-    "interval_start": 0.5,
-    "interval_step": 0.5,
-    "interval_max": 2.0,
-}
+#: After a broker failure mid-publish, the canvas is sent again, whole, until this many
+#: seconds have passed (time for a broker to restart), pausing `RESEND_PAUSE_S` between
+#: tries. One try against a broker address that does not answer lasts up to the connect
+#: timeout (``broker_connection_timeout``, 3 s) on top. A retry policy for Celery's own
+#: publish would not do: kombu applies it to an open connection, while a producer that
+#: must connect first gives up after the connect timeout (``Connection.default_channel``).
+RESEND_WINDOW_S = 8.0
+RESEND_PAUSE_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +100,17 @@ def publish(signature: Any, app: Any) -> Any:
     ``apply_async`` returns.
 
     A pipeline is sent once, never retried (kombu's ``BatchPublishError``: "delivery is
-    uncertain"), so a broker blip mid-publish is met by sending the whole canvas again
-    the way Celery sends it, one message at a time, retried for about 7 s
-    (`RESEND_RETRY_POLICY`). The signature is frozen first, so the second
-    sending carries the same task ids, and a message that got through twice is a copy:
-    the host's claim refuses to run it again, and the copy neither counts in the chord
-    nor frees the host's ``--fanout`` slot (`fleet.tasks.run_on_host`); Celery 5.7's
-    Redis chord counts a task id once. Raises what that second ``apply_async`` raises
-    (the broker still down: the caller cancels the run)."""
+    uncertain"), so a broker failure mid-publish is met by sending the whole canvas
+    again the way Celery sends it, one message at a time, and again until
+    `RESEND_WINDOW_S` has passed. The signature is frozen first, so every sending
+    carries the same task ids, and a message that got through twice is a copy: the
+    host's claim refuses to run it again, and the copy neither counts in the chord nor
+    frees the host's ``--fanout`` slot (`fleet.tasks.run_on_host`); Celery 5.7's Redis
+    chord counts a task id once. Raises what the last sending raises (the broker still
+    down: the caller cancels the run)."""
     with _publishing_for(app, None):  # frozen results subscribe to nothing either
         signature.freeze()
+    errors = _broker_errors(app)
     try:
         with (
             app.producer_or_acquire() as producer,
@@ -119,14 +118,21 @@ def publish(signature: Any, app: Any) -> Any:
             _publishing_for(app, producer),
         ):
             return signature.apply_async()
-    except _broker_errors(app) as exc:
+    except errors as exc:
         log.warning(
             "fleet: broker failed mid-publish (%s: %s); sending again, one message at a time",
             type(exc).__name__,
             exc,
         )
-    with _publishing_for(app, None):
-        return signature.apply_async(retry_policy=RESEND_RETRY_POLICY)
+    give_up = time.monotonic() + RESEND_WINDOW_S
+    while True:
+        try:
+            with _publishing_for(app, None):
+                return signature.apply_async()
+        except errors:
+            if time.monotonic() + RESEND_PAUSE_S > give_up:
+                raise
+            time.sleep(RESEND_PAUSE_S)
 
 
 @contextlib.contextmanager
