@@ -95,34 +95,42 @@ def test_publish_subscribes_to_no_result(fresh_redis: RedisServer) -> None:
     app.close()
 
 
+def _down_at_the_second_pipeline(
+    monkeypatch: pytest.MonkeyPatch, server: RedisServer, down_s: float
+) -> threading.Thread:
+    """Stop `server` as kombu sends its second publish pipeline, and start it again
+    `down_s` seconds later (the returned thread: join it)."""
+    from kombu.transport.redis import PublishBatch
+
+    restart = threading.Timer(down_s, server.start)
+    flushes = [0]
+    real_flush = PublishBatch.flush
+
+    def flush_during_a_restart(self: Any) -> None:
+        flushes[0] += 1
+        if flushes[0] == 2:
+            server.stop()
+            restart.start()
+        real_flush(self)
+
+    monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
+    return restart
+
+
 def test_a_broker_blip_mid_publish_sends_every_message_with_the_same_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis restarts (AOF on, as a broker runs) just as the second pipeline is sent:
     kombu never resends a pipeline ("delivery is uncertain"), so `publish` sends the
-    canvas again, one message at a time under Celery's retry policy. Every member
+    canvas again, one message at a time, until it gets through. Every member
     arrives; those sent twice carry the same task id (the claims and Celery's chord
     count rely on it)."""
-    from kombu.transport.redis import PublishBatch
-
     server = RedisServer(tmp_path / "redis", persistent=True)
     app = _app(server.url)
-    flushes: list[threading.Thread] = []
-    real_flush = PublishBatch.flush
-
-    def flush_during_a_restart(self: Any) -> None:
-        if len(flushes) == 1:  # the second pipeline
-            server.stop()
-            flushes.append(threading.Timer(0.3, server.start))
-            flushes[-1].start()
-        elif not flushes:
-            flushes.append(threading.Thread())
-        real_flush(self)
-
-    monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
+    restarted = _down_at_the_second_pipeline(monkeypatch, server, down_s=0.3)
     try:
         publish(_canvas(app), app)
-        flushes[-1].join()
+        restarted.join()
         client = redis.Redis.from_url(server.url)
         raw = client.lrange(QUEUE, 0, -1)
         client.close()
@@ -146,10 +154,10 @@ def test_a_run_published_through_a_broker_restart_runs_every_host_once(
 ) -> None:
     """The same end to end: Redis (broker, results and run store, AOF on) is down for 3 s
     from the moment a run's second pipeline goes out, with workers consuming the first
-    (Celery's default publish retries give up after about 0.6 s). Every
-    host runs once (the ledger), and the run's chord fires once: the copies of the
-    messages sent twice are ignored by the workers, not counted."""
-    from kombu.transport.redis import PublishBatch
+    (one sending gives up after the 3 s connect timeout at most: `publish` sends again
+    until 8 s have passed). Every host runs once (the ledger), and the run's chord fires
+    once: the copies of the messages sent twice are ignored by the workers, not
+    counted."""
 
     import fleet.publishing
     from fleet.api import run
@@ -163,21 +171,9 @@ def test_a_run_published_through_a_broker_restart_runs_every_host_once(
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("FLEET_INVENTORY", str(ssh_fleet.write_inventory(tmp_path / "inv.yaml")))
         monkeypatch.setattr(fleet.publishing, "FLUSH_EVERY", 2)  # 6 hosts: 3 pipelines
-        flushes: list[threading.Thread] = []
-        real_flush = PublishBatch.flush
-
-        def flush_during_a_restart(self: Any) -> None:
-            if len(flushes) == 1:  # the second pipeline
-                server.stop()
-                flushes.append(threading.Timer(3.0, server.start))
-                flushes[-1].start()
-            elif not flushes:
-                flushes.append(threading.Thread())
-            real_flush(self)
-
-        monkeypatch.setattr(PublishBatch, "flush", flush_during_a_restart)
+        restarted = _down_at_the_second_pipeline(monkeypatch, server, down_s=3.0)
         handle = run(ledger.command("sleep 0.5"), "web", settings=Settings.load())
-        flushes[-1].join()
+        restarted.join()
         report = handle.wait(timeout=60)
     finally:
         server.stop()
