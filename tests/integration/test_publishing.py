@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from fleet.publishing import FleetCelery, publish
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
-from tests.integration.fleetcli import fleet_env
+from tests.integration.fleetcli import fleet_env, wait_until
 
 MEMBERS = 250
 QUEUE = "publish-test"
@@ -175,12 +176,20 @@ def test_a_run_published_through_a_broker_restart_runs_every_host_once(
         handle = run(ledger.command("sleep 0.5"), "web", settings=Settings.load())
         restarted.join()
         report = handle.wait(timeout=60)
+        # The report is whole once every host has its result; the chord callback is
+        # sent after that, by the worker that stored the last one.
+        wait_until(lambda: _worker_logs(workers).count("Task fleet.aggregate[") >= 2, timeout=20)
+        time.sleep(1.0)  # room for a second callback, were the chord to fire twice
     finally:
         server.stop()
     assert report is not None and len(report.results) == len(ssh_fleet.hosts)
     assert {r.status.value for r in report.results} == {"ok"}, report.results
     for host in ssh_fleet.hosts:
         assert ledger.lines(host.name) == [handle.run_id]
-    logs = "".join(w.log_text() for w in workers)
+    logs = _worker_logs(workers)
     assert logs.count("Task fleet.aggregate[") == 2, logs  # received and succeeded, once
     assert "ignored" in logs  # the copies of the first pipeline's messages
+
+
+def _worker_logs(workers: list[Any]) -> str:
+    return "".join(w.log_text() for w in workers)
