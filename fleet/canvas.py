@@ -19,9 +19,7 @@ from fleet.lifecycle import RunRequest
 from fleet.publishing import is_redis_backend, publish
 from fleet.results import RunRecord
 from fleet.store.protocol import RunStore
-
-RUN_ON_HOST = "fleet.run_on_host"
-AGGREGATE = "fleet.aggregate"
+from fleet.task_names import AGGREGATE, RUN_ON_HOST
 
 
 def task_host(host: Host) -> dict[str, Any]:

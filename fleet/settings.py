@@ -64,6 +64,8 @@ class Settings:
     audit_retention: int = 90 * DAY  # the audit log of submits and cancels (fleet.audit)
     transfer_limit: int = 64 << 20  # bytes: largest file script/copy/fetch moves (staged)
     watchdog_interval: float = 10.0  # how often each worker finishes overdue runs
+    # A worker silent this long counts as dead: the hosts it held end `lost` (fleet.orphans).
+    worker_dead_after: float = 15.0
     prefix: str = "fleet"  # every Redis key starts with this
 
     @property

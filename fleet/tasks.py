@@ -16,12 +16,13 @@ from fleet.batches import (
     owns_fanout_slot,
     take_fanout_slot,
 )
-from fleet.canvas import AGGREGATE, RUN_ON_HOST, publish_batch
+from fleet.canvas import publish_batch
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import AlreadyClaimed, finalize_run, run_host_job
 from fleet.results import HostResult
 from fleet.store.protocol import Slot
+from fleet.task_names import AGGREGATE, RUN_ON_HOST
 from fleet.textsafe import exception_line
 from fleet.worker import (
     action_executor,

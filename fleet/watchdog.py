@@ -3,7 +3,8 @@
 A run whose chord callback never fires (a worker died holding a task) and whose
 CLI detached would otherwise stay `running` until somebody reads it. Each worker
 runs `finalize_overdue` every few seconds; `finalize_run` is idempotent, so several
-workers doing it at once is harmless.
+workers doing it at once is harmless. The same thread records the hosts of dead
+workers `lost` (`fleet.orphans`) well before the deadline.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from fleet.errors import CorruptRecordError, FleetError
+from fleet.errors import FleetError
 from fleet.lifecycle import finalize_run
+from fleet.liveness import Liveness
+from fleet.orphans import settle_orphans
 from fleet.store.protocol import RunStore
+from fleet.sweeps import one_run
 
 #: Newest runs looked at per sweep: overdue runs are recent (deadlines are at most 11 h).
 SWEEP_LIMIT = 500
+#: A dead worker's hosts are looked for this long after its death (seconds): a rolling
+#: run's batch that ends later than that continues at the run's deadline, not before.
+DEAD_LISTED_S = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +36,29 @@ def finalize_overdue(store: RunStore, now: float | None = None) -> list[str]:
     finished = []
     for run in store.list_runs(limit=SWEEP_LIMIT):
         overdue = run.finished_at is None and now >= run.deadline
-        try:
+        with one_run(run.run_id, "not finished by the watchdog"):
             if overdue and finalize_run(store, run.run_id, now=now) is not None:
                 finished.append(run.run_id)
-        except CorruptRecordError as exc:  # one run's tampered data, not the store failing
-            log.warning("watchdog: run %s not finished: %s", run.run_id, exc)
-        except FleetError:
-            raise  # the store itself failing: the whole sweep waits for the next round
-        except Exception as exc:  # one run's bad data must not stop the others'
-            log.warning("watchdog: run %s not finished: %s: %s", run.run_id,
-                        type(exc).__name__, str(exc)[:200])  # fmt: skip
     return finished
 
 
 class Watchdog:
-    """A daemon thread calling `finalize_overdue` every `interval_s` seconds."""
+    """A daemon thread calling `finalize_overdue` every `interval_s` seconds and, with
+    `liveness` (this worker's, `fleet.liveness.Liveness`), `settle_orphans` for the
+    hosts of workers found dead; `resume(run_id, batch, deadline)` sends the chord
+    callback of a rolling run's batch that a dead worker's host kept from ending."""
 
-    def __init__(self, store: RunStore, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        interval_s: float,
+        liveness: Liveness | None = None,
+        resume: Callable[[str, int, float], None] | None = None,
+    ) -> None:
         self._store = store
         self._interval_s = interval_s
+        self._liveness = liveness
+        self._resume = resume
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-watchdog", daemon=True)
 
@@ -65,3 +77,27 @@ class Watchdog:
                 log.warning("watchdog sweep failed: %s", exc)
             except Exception:  # a bug must not end the thread: runs would never finish
                 log.exception("watchdog sweep failed")
+            if self._liveness is not None:
+                self._sweep_orphans(self._liveness)
+
+    def _sweep_orphans(self, liveness: Liveness) -> None:
+        if not liveness.judging():
+            return
+        try:
+            dead = self._store.dead_workers(DEAD_LISTED_S)
+            for done in settle_orphans(
+                self._store, dead, sweeper=liveness.worker, dead_after_s=liveness.ttl_s
+            ):
+                if done.lost:
+                    log.warning(
+                        "run %s: %s recorded lost: %s",
+                        done.run_id,
+                        ", ".join(done.lost),
+                        "the worker holding them stopped",
+                    )
+                if done.resume is not None and self._resume is not None:
+                    self._resume(done.run_id, done.resume, done.deadline)
+        except FleetError as exc:
+            log.warning("watchdog: orphaned hosts not settled: %s", exc)
+        except Exception:
+            log.exception("watchdog: orphaned hosts not settled")

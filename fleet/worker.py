@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.signals import (
@@ -32,13 +33,14 @@ from fleet import celery_config, signing
 from fleet.command import ExecOptions
 from fleet.errors import ConfigError, FleetError
 from fleet.execute import execute
-from fleet.inventory.hosts import Host
+from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.pinning import pinned_host
 from fleet.results import HostResult
 from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
+from fleet.task_names import AGGREGATE
 from fleet.trust import allowed_options, refusal, refused_result
 
 log = get_logger(__name__)
@@ -208,13 +210,43 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
     if warning:
         log.warning("fleet: %s", warning)
     _configure_pool(settings)
-    from fleet.watchdog import Watchdog
-
-    Watchdog(store, settings.watchdog_interval).start()
+    _start_watchdog(sender, store, settings)
     _start_affinity(sender, store)
 
 
 _heartbeat: Any = None
+_liveness: Any = None
+
+
+def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
+    """The watchdog, and this worker's liveness beside it (`fleet.liveness`), under the
+    node name its claims hold (a task's ``request.hostname``)."""
+    global _liveness
+    from fleet import affinity
+    from fleet.liveness import Liveness
+    from fleet.watchdog import Watchdog
+
+    hostname = getattr(consumer, "hostname", None)
+    app = getattr(consumer, "app", None)
+    if not hostname or app is None:
+        Watchdog(store, settings.watchdog_interval).start()
+        return
+    _liveness = Liveness(store, str(hostname), settings.worker_dead_after)
+    _liveness.start()
+    served = affinity.served_queues(app.amqp.queues.consume_from)
+
+    def resume(run_id: str, batch: int, deadline: float) -> None:
+        # The batch's chord callback, as its chord would have sent it, to a queue this
+        # worker serves: any worker may continue a run (all it needs is in the store).
+        app.send_task(
+            AGGREGATE,
+            args=([], run_id),
+            kwargs={"batch": batch},
+            queue=served[0] if served else DEFAULT_QUEUE,
+            expires=datetime.fromtimestamp(deadline, UTC),
+        )
+
+    Watchdog(store, settings.watchdog_interval, _liveness, resume).start()
 
 
 def _start_affinity(consumer: Any, store: RunStore) -> None:
@@ -298,5 +330,7 @@ def _close_connections(**_: Any) -> None:
 
     if _heartbeat is not None:
         _heartbeat.stop()  # route no more hosts to this worker
+    if _liveness is not None:
+        _liveness.stop()  # after the pool: a warm shutdown's tasks are done by now
 
     close_default_pool()

@@ -18,7 +18,7 @@ import pytest
 from fleet.errors import RunNotFoundError
 from fleet.inventory.hosts import Host
 from fleet.results import HostResult, RunRecord, RunReport, Status, utc_now
-from fleet.store.protocol import FINALIZER, BeatState, RunStore
+from fleet.store.protocol import FINALIZER, PROCESS_ID, BeatState, RunStore
 
 MakeStore = Callable[..., RunStore]
 
@@ -132,6 +132,19 @@ class StoreContract:
         assert store.claim_holder(run.run_id, COLON_HOST) == FINALIZER  # unchanged
         assert store.claim_holder(run.run_id, "web01") is None
         assert not [e for _, e in store.events(run.run_id) if e.get("type") == "started"]
+
+    def test_claim_holders_name_the_worker_of_each_claimed_host(
+        self, started: tuple[RunStore, RunRecord]
+    ) -> None:
+        store, run = started
+        assert store.start_host(run.run_id, "web01", "w1@a", time.time()) == "started"
+        holders = store.claim_holders(run.run_id, ["web01", COLON_HOST])
+        assert list(holders) == ["web01"]  # the other host is not claimed
+        worker, process = holders["web01"]
+        assert worker == "w1@a"
+        # The process that claimed it: this one where the store keeps it (Redis).
+        assert process in ("", PROCESS_ID)
+        assert store.claim_holders(run.run_id, []) == {}
 
     def test_claims_race_between_threads(self, started: tuple[RunStore, RunRecord]) -> None:
         store, run = started

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,16 @@ from fleet.textsafe import make_visible_line
 #: The claim the run's end takes on hosts no worker started (cancel, deadline, a skipped
 #: or abandoned batch), so none ever will (`fleet.lifecycle.finalize_run`).
 FINALIZER = "fleet-finalizer"
+
+#: This process's id in the claims it takes to start hosts (`RunStore.start_host`) and in
+#: its liveness (`RunStore.beat_alive`): a worker restarted under the same node name is
+#: another process, so the hosts its predecessor held are found orphaned all the same
+#: (`fleet.orphans`).
+PROCESS_ID = uuid.uuid4().hex[:16]
+
+#: Who holds a host's claim: (worker node name, `PROCESS_ID` of the process that took
+#: it; "" where the store keeps none).
+Holder = tuple[str, str]
 
 #: Run states. A run is created `running`; `finished` or `cancelled` end it.
 RUNNING = "running"
@@ -241,6 +252,20 @@ class RunStore(Protocol):
     def expired_workers(self, queues: Sequence[str], drop_after_s: float) -> dict[str, list[str]]:
         """Per queue, the personal queues whose registration expired (their messages are
         orphans); registrations expired more than `drop_after_s` seconds ago are dropped."""
+
+    def beat_alive(self, worker: str, ttl_s: float) -> None:
+        """Record that this process, the worker named `worker` (its Celery node name, the
+        name its claims hold), counts as alive for `ttl_s` more seconds of the store's
+        clock (0: no longer, e.g. at its shutdown) (`fleet.liveness`)."""
+
+    def dead_workers(self, within_s: float) -> dict[Holder, float]:
+        """The worker processes whose time alive passed within the last `within_s`
+        seconds, each with that time (epoch seconds, the store's clock); older ones are
+        dropped. A store whose workers cannot outlive its reader: {}."""
+
+    def claim_holders(self, run_id: str, hosts: Sequence[str]) -> dict[str, Holder]:
+        """Who holds the claim of each of `hosts` in the run, for the hosts claimed, in
+        one round trip."""
 
     def stage_env(self, run_id: str, values: Mapping[str, str], ttl_s: float) -> None:
         """Keep the run's `--env` values (NAME -> value) for the workers, out of every

@@ -4,8 +4,9 @@ claim, the run's liveness and the ``started`` progress event, which
 that order (the claim first: whoever holds it alone decides the host's fate).
 
 A claim's value is the claimer's name (a worker's, `FINALIZER`, ...) and a nonce per
-call: when redis-py resends a call whose reply it lost (the store's retry policy, with
-the same arguments), the claim it finds is its own, and it goes on as the first attempt
+call (for a host's start: the worker process's `PROCESS_ID`, a dot, then the nonce):
+when redis-py resends a call whose reply it lost (the store's retry policy, with the
+same arguments), the claim it finds is its own, and it goes on as the first attempt
 did, instead of reading "someone else's" and leaving a host (or a batch) that nobody
 starts or reports.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from fleet.store import keys
 from fleet.store.parts import RedisPart
-from fleet.store.protocol import FINALIZER
+from fleet.store.protocol import FINALIZER, PROCESS_ID
 
 #: Between the worker's name and the call's nonce in a claim's value (never in a name).
 NONCE_SEP = "\x1f"
@@ -83,7 +84,8 @@ class RedisStart(RedisPart):
         return bool(int(taken))
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
-        return self._start(run_id, host, worker, now, uuid.uuid4().hex)
+        # The nonce names this process first: `claim_holders` reads it back.
+        return self._start(run_id, host, worker, now, f"{PROCESS_ID}.{uuid.uuid4().hex}")
 
     def _start(self, run_id: str, host: str, worker: str, now: float, nonce: str) -> str:
         if self._start_host is None:

@@ -43,6 +43,7 @@ from fleet.store.redis_affinity import RedisAffinity
 from fleet.store.redis_audit import RedisAudit
 from fleet.store.redis_blobs import RedisBlobs
 from fleet.store.redis_env import RedisEnv
+from fleet.store.redis_liveness import RedisLiveness
 from fleet.store.redis_slots import RedisSlots
 from fleet.store.redis_start import NONCE_SEP, RedisStart
 from fleet.textsafe import exception_line
@@ -67,7 +68,9 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisRunStore(RedisStart, RedisSlots, RedisAffinity, RedisAudit, RedisEnv, RedisBlobs):
+class RedisRunStore(
+    RedisStart, RedisSlots, RedisAffinity, RedisLiveness, RedisAudit, RedisEnv, RedisBlobs
+):
     """Run records, claims, results, progress events and reports in Redis.
 
     `client` may be any `redis.Redis` (decoded responses or not). `from_url`

@@ -40,6 +40,7 @@ from fleet.store.protocol import (
 from fleet.store.sqlite_affinity import SqliteAffinity
 from fleet.store.sqlite_audit import SqliteAudit
 from fleet.store.sqlite_blobs import SqliteBlobs
+from fleet.store.sqlite_claims import SqliteClaims
 from fleet.store.sqlite_env import SqliteEnv
 from fleet.store.sqlite_slots import SqliteSlots
 
@@ -97,7 +98,9 @@ CREATE TABLE IF NOT EXISTS beat (
 _RUN_TABLES = ("run_hosts", "claims", "results", "events")
 
 
-class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, SqliteBlobs):
+class SqliteRunStore(
+    SqliteClaims, SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, SqliteBlobs
+):
     """Run history in one SQLite file. Thread-safe."""
 
     def __init__(
@@ -220,18 +223,6 @@ class SqliteRunStore(SqliteSlots, SqliteAffinity, SqliteAudit, SqliteEnv, Sqlite
                 "SELECT hosts FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
         return hosts_from_json(row[0]) if row else ()
-
-    def claim_host(self, run_id: str, host: str, worker: str) -> bool:
-        claim = "INSERT OR IGNORE INTO claims (run_id, host, worker) VALUES (?, ?, ?)"
-        with self._guard(), self._lock:
-            cursor = self._conn.execute(claim, (run_id, host, worker))
-        return cursor.rowcount == 1
-
-    def claim_holder(self, run_id: str, host: str) -> str | None:
-        query = "SELECT worker FROM claims WHERE run_id = ? AND host = ?"
-        with self._guard(), self._lock:
-            row = self._conn.execute(query, (run_id, host)).fetchone()
-        return str(row[0]) if row else None
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
         return start_in_steps(self, run_id, host, worker, now)

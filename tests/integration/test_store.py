@@ -14,7 +14,7 @@ import redis
 
 from fleet.errors import BackendError, FleetError, RunNotFoundError
 from fleet.results import RunReport
-from fleet.store.protocol import FINALIZER, RunStore
+from fleet.store.protocol import FINALIZER, PROCESS_ID, RunStore
 from fleet.store.redis_store import RedisRunStore
 from tests.harness.redis_server import RedisServer
 from tests.store_contract import (
@@ -290,3 +290,34 @@ def test_a_start_resent_after_its_reply_was_lost_finds_its_own_claim(make_store:
     assert not store.claim_host("r1", "web01", "w2")
     assert store.claim_holder("r1", "web01") == FINALIZER
     assert store.start_host("r1", "web01", "w1", now) == "closed"
+
+
+def test_worker_liveness_lapses_and_a_restart_is_another_process(
+    make_store: MakeStore, raw: redis.Redis, prefix: str
+) -> None:
+    """`beat_alive` holds for its TTL on Redis's clock; `dead_workers` lists the lapsed
+    processes, then forgets them; the same name in another process is another holder."""
+    import fleet.store.redis_liveness as liveness
+
+    store = make_store()
+    assert store.dead_workers(60) == {}
+    store.beat_alive("w1@a", 0.3)
+    store.beat_alive("w2@b", 60)
+    assert store.dead_workers(60) == {}
+    assert 0 < raw.ttl(f"{prefix}:alive") <= liveness.KEY_TTL_S  # every key has a TTL
+    time.sleep(0.4)
+    (died,) = store.dead_workers(60).items()
+    assert died[0] == ("w1@a", PROCESS_ID)
+    assert abs(died[1] - time.time()) < 1.0  # when (the store's clock): 0.3 s after the beat
+    store.beat_alive("w2@b", 0)  # a worker's end: dead at once
+    assert sorted(store.dead_workers(60)) == [("w1@a", PROCESS_ID), ("w2@b", PROCESS_ID)]
+    time.sleep(0.2)
+    assert store.dead_workers(0.1) == {}  # lapsed longer ago: dropped
+    # A claim names its process: a worker restarted under the same name beats as
+    # another one, and the host its predecessor held stays the predecessor's.
+    hosts = make_hosts("web01")
+    store.create_run(make_run("r1", hosts), hosts)
+    assert store.start_host("r1", "web01", "w1@a", time.time()) == "started"
+    assert store.claim_holders("r1", ["web01"]) == {"web01": ("w1@a", PROCESS_ID)}
+    raw.zadd(f"{prefix}:alive", {f"w1@a\x1f{'0' * 16}": time.time() + 60})
+    assert ("w1@a", "0" * 16) not in store.dead_workers(60)

@@ -1,0 +1,89 @@
+"""Worker liveness in Redis (a mixin of `RedisRunStore`; `fleet.liveness`).
+
+One sorted set, ``{prefix}:alive``: member a worker's node name, the byte 0x1f and its
+process's `PROCESS_ID`; score the server time (seconds) until which it counts as
+alive. Times are Redis's own (``TIME``), never a worker's clock: workers on several
+machines compare one clock. Separate from the affinity registrations
+(`fleet.store.redis_affinity`), which a worker expires as soon as its warm shutdown
+begins, while its running hosts still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fleet.store.parts import RedisPart
+from fleet.store.protocol import PROCESS_ID, Holder
+from fleet.store.redis_start import NONCE_SEP
+
+#: The set outlives its last beat by this much (every key has a TTL).
+KEY_TTL_S = 86400
+
+# KEYS: the set. ARGV: the worker, seconds alive from now, the key's TTL.
+BEAT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: the set. ARGV: seconds. Members whose time passed, within the last ARGV[1]
+# seconds; older ones are dropped.
+DEAD_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES')
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _holder(value: str) -> Holder:
+    """(worker, process) of a liveness member or a claim's value: a claim holds its
+    call's nonce after the process (`fleet.store.redis_start`)."""
+    worker, _, rest = value.partition(NONCE_SEP)
+    return worker, rest.split(".", 1)[0]
+
+
+class RedisLiveness(RedisPart):
+    """`beat_alive`, `dead_workers` and `claim_holders` of the `RunStore` protocol."""
+
+    _prefix: str
+    _beat_alive: Any = None
+    _dead: Any = None
+
+    def _alive_key(self) -> str:
+        return f"{self._prefix}:alive"
+
+    def beat_alive(self, worker: str, ttl_s: float) -> None:
+        if self._beat_alive is None:
+            self._beat_alive = self._client.register_script(BEAT_LUA)
+        with self._guard():
+            member = f"{worker}{NONCE_SEP}{PROCESS_ID}"
+            self._beat_alive(keys=[self._alive_key()], args=[member, ttl_s, KEY_TTL_S])
+
+    def dead_workers(self, within_s: float) -> dict[Holder, float]:
+        if self._dead is None:
+            self._dead = self._client.register_script(DEAD_LUA)
+        with self._guard():
+            flat = self._dead(keys=[self._alive_key()], args=[within_s])
+        # Lua returns a score as a string (RESP2 and RESP3 alike).
+        return {
+            _holder(_text(m)): float(_text(t)) for m, t in zip(flat[::2], flat[1::2], strict=True)
+        }
+
+    def claim_holders(self, run_id: str, hosts: Sequence[str]) -> dict[str, Holder]:
+        if not hosts:
+            return {}
+        with self._guard():
+            values = self._client.mget([self._key("claim", run_id, h) for h in hosts])
+        return {
+            host: _holder(_text(value))
+            for host, value in zip(hosts, values, strict=True)
+            if value is not None
+        }
