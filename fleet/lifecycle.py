@@ -254,10 +254,12 @@ def _save_with_retry(store: RunStore, run_id: str, result: HostResult, budget_s:
     while True:
         try:
             if not store.save_result(run_id, result):
-                # The run was finished at its deadline while this host ran: its status
-                # there says so; the late outcome goes to the worker's log, not nowhere.
+                # The run was finished at its deadline while this host ran, or this
+                # worker was silent long enough to be taken for dead (fleet.orphans):
+                # the status there says so; the late outcome goes to the worker's log.
                 log.warning(
-                    "late result of %s in run %s (%s) not recorded: the run had ended",
+                    "late result of %s in run %s (%s) not recorded: the host's result "
+                    "was recorded already (the run ended, or this worker was taken for dead)",
                     result.host,
                     run_id,
                     result.status.value,

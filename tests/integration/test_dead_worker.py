@@ -10,6 +10,7 @@ below was ended by the liveness sweep, and checks that nothing ran twice.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ DEAD_AFTER_S = 3.0
 #: After the kill, the run must end within this (the deadline is 120 s away): the dead
 #: worker's lapse, the judge's own wait after its start, the sweeps, the next batches.
 ENDS_WITHIN_S = 30.0
-SLOW = 60
+SLOW = 12
 
 
 def _first_sleeps(ledger: Ledger, tmp_path: Path) -> str:
@@ -63,7 +64,9 @@ def start_run(
     env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
     env.update(FLEET_WORKER_DEAD_AFTER=str(DEAD_AFTER_S), FLEET_WATCHDOG_INTERVAL="0.5")
 
-    def start(count: int, *extra: str) -> Cluster:
+    def start(count: int, *extra: str, broker: str | None = None) -> Cluster:
+        if broker is not None:  # RabbitMQ: results and the run store stay in Redis
+            env["FLEET_BROKER_URL"] = broker
         hosts = ssh_fleet.hosts[:count]
         cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inv.yaml", hosts=hosts), env)
         worker_a = start_worker(name="a", concurrency=1, env=env)
@@ -143,3 +146,38 @@ def test_a_rolling_run_stops_at_its_max_fail_after_its_worker_died(
     first, second, third = cluster.names
     assert statuses(doc) == {first: "lost", second: "skipped", third: "skipped"}
     assert ledger.hosts() == [first]
+
+
+def test_a_frozen_worker_that_comes_back_changes_nothing(
+    start_run: Any, start_worker: StartWorker, ledger: Ledger
+) -> None:
+    """SIGSTOP instead of SIGKILL (a VM paused, a process stopped): the host ends `lost`
+    as for a dead worker. SIGCONT: the worker finishes the command and its result is
+    refused (first write wins) and logged; the run's record does not change, and
+    nothing ran twice."""
+    cluster = start_run(1)
+    start_worker(name="b", concurrency=2, env=cluster.env)
+    cluster.worker_a.kill(signal.SIGSTOP)
+    doc = _finish(cluster, time.monotonic())
+    assert statuses(doc) == {cluster.names[0]: "lost"}
+    cluster.worker_a.kill(signal.SIGCONT)
+    wait_until(lambda: "not recorded" in cluster.worker_a.log_text(), timeout=SLOW + 30)
+    assert "was taken for dead" in cluster.worker_a.log_text()
+    rc, again = cluster.cli.run_json(["report", doc["run_id"]])
+    assert statuses(again) == {cluster.names[0]: "lost"} and rc == 1
+    assert ledger.lines(cluster.names[0]) == [doc["run_id"]]
+
+
+def test_on_rabbitmq_the_redelivered_message_is_ignored_and_the_run_goes_on(
+    start_run: Any, start_worker: StartWorker, ledger: Ledger, rabbit_vhost: str
+) -> None:
+    """RabbitMQ (late ack) gives the dead worker's message back at once, to b: b finds
+    the host claimed and ignores the copy (it must not run it again, nor count it in
+    the chord); the host ends `lost` as above and the rolling run goes on."""
+    cluster = start_run(3, "--batch", "1", broker=rabbit_vhost)
+    killed_at = _kill_a_with_b_started(cluster, start_worker)
+    doc = _finish(cluster, killed_at)
+    first, second, third = cluster.names
+    assert statuses(doc) == {first: "lost", second: "ok", third: "ok"}, doc
+    for name in cluster.names:
+        assert ledger.lines(name) == [doc["run_id"]]
