@@ -33,9 +33,11 @@ class Liveness:
     `ttl_s` seconds after each beat.
 
     `judging()` says whether this worker may declare others dead: only once its own
-    beats have gone through for `ttl_s` without a failure. Right after the store came
-    back from an outage, every worker's last beat is old; the live ones beat again
-    within a beat interval, and a worker that waits a full TTL sees them do it first.
+    beats have gone through for `ttl_s` without a failure or a gap, and the last one
+    lately. Right after the store came back from an outage, every worker's last beat is
+    old; the live ones beat again within a beat interval, and a worker that waits a
+    full TTL sees them do it first. A gap in its own beats (this process stopped, its
+    machine paused or starved) may have struck the others too: it waits a TTL again.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class Liveness:
         self.beat_s = min(BEAT_S, ttl_s / 4)
         self._clock = clock
         self._healthy_since: float | None = None
+        self._last_beat: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-liveness", daemon=True)
 
@@ -67,12 +70,17 @@ class Liveness:
                 log.warning("fleet: liveness beat failed: %s: %s", type(exc).__name__, exc)
             self._healthy_since = None
             return
-        if self._healthy_since is None:
-            self._healthy_since = self._clock()
+        now = self._clock()
+        gap = self._last_beat is not None and now - self._last_beat > self.ttl_s / 2
+        if self._healthy_since is None or gap:
+            self._healthy_since = now
+        self._last_beat = now
 
     def judging(self) -> bool:
-        since = self._healthy_since
-        return since is not None and self._clock() - since >= self.ttl_s
+        since, last, now = self._healthy_since, self._last_beat, self._clock()
+        if since is None or last is None:
+            return False
+        return now - since >= self.ttl_s and now - last <= self.ttl_s / 2
 
     def stop(self) -> None:
         """Stop beating and say so: this worker runs nothing any more, so a host it

@@ -166,20 +166,35 @@ def test_a_worker_judges_only_after_a_full_ttl_of_its_own_beats() -> None:
     now = [100.0]
     flaky = FlakyStore()
     live = Liveness(flaky, "w1@a", ttl_s=15.0, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    def beating(seconds: float) -> None:
+        for _ in range(int(seconds / 2)):
+            now[0] += 2.0
+            live.beat()
+
     live.beat()
     assert not live.judging()
-    now[0] += 15.0
-    assert live.judging()
-    flaky.down = True  # an outage: every worker's last beat grows old
-    live.beat()
+    beating(14)
     assert not live.judging()
-    flaky.down = False
-    live.beat()
-    now[0] += 14.0
-    assert not live.judging()  # the others have not had their chance to beat yet
-    now[0] += 1.0
+    beating(2)
     assert live.judging()
     assert flaky.beats[0] == ("w1@a", 15.0)
+    flaky.down = True  # an outage: every worker's last beat grows old
+    beating(2)
+    assert not live.judging()
+    flaky.down = False
+    beating(14)  # back since the first of these beats: 12 s
+    assert not live.judging()  # the others have not had their chance to beat yet
+    beating(4)
+    assert live.judging()
+    # A gap in its own beats (the process stopped, the machine paused): the others may
+    # have been stopped as long, so it neither judges now nor right after its next beat.
+    now[0] += 30.0
+    assert not live.judging()
+    live.beat()
+    assert not live.judging()
+    beating(16)
+    assert live.judging()
 
 
 def test_beats_come_several_times_per_ttl_and_the_end_is_said() -> None:
