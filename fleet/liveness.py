@@ -4,11 +4,12 @@ running (`fleet.orphans`).
 
 Separate from the host-affinity registration (`fleet.affinity.Heartbeat`): that one
 ends as soon as a warm shutdown begins (no new host is routed here), while the worker
-still runs its hosts to their end; this one ends when the worker process does
-(Celery's ``worker_shutdown``: after a warm shutdown's running tasks are done, and at
-once on a cold shutdown, whose abandoned hosts are then found orphaned at the next
-sweep). A worker killed outright, frozen or cut off from Redis stops beating; it counts
-as dead `ttl_s` seconds (``FLEET_WORKER_DEAD_AFTER``) after its last beat.
+still runs its hosts to their end; this one ends when the worker process does:
+Celery's ``worker_shutdown`` comes after a warm shutdown's running tasks are done, so
+the process then holds no host and its liveness is dropped. A cold shutdown sends no
+``worker_shutdown``; like a worker killed outright, frozen or cut off from Redis, it
+stops beating and counts as dead `ttl_s` seconds (``FLEET_WORKER_DEAD_AFTER``) after
+its last beat.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ class Liveness:
 
     `judging()` says whether this worker may declare others dead: only once its own
     beats have gone through for `ttl_s` without a failure or a gap, and the last one
-    lately. Right after the store came back from an outage, every worker's last beat is
-    old; the live ones beat again within a beat interval, and a worker that waits a
-    full TTL sees them do it first. A gap in its own beats (this process stopped, its
-    machine paused or starved) may have struck the others too: it waits a TTL again.
+    lately, and not once its shutdown began (`leave`). Right after the store came back
+    from an outage, every worker's last beat is old; the live ones beat again within a
+    beat interval, and a worker that waits a full TTL sees them do it first. A gap in
+    its own beats, on this machine's clock or the store's (this process stopped, its
+    machine paused or starved, the store's clock stepped) may have struck the others
+    too: it waits a TTL again. (`RunStore.dead_workers` checks its last beat once more
+    on the store's clock, and the watchdog confirms a death over two sweeps.)
     """
 
     def __init__(
@@ -54,6 +58,8 @@ class Liveness:
         self._clock = clock
         self._healthy_since: float | None = None
         self._last_beat: float | None = None
+        self._last_store_time: float | None = None
+        self._leaving = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-liveness", daemon=True)
 
@@ -64,32 +70,42 @@ class Liveness:
     def beat(self) -> None:
         """One beat; a failure is logged and makes this worker no judge for a while."""
         try:
-            self._store.beat_alive(self.worker, self.ttl_s)
+            store_time = self._store.beat_alive(self.worker, self.ttl_s)
         except Exception as exc:  # the store down: the next beat tries again
             if self._healthy_since is not None:
                 log.warning("fleet: liveness beat failed: %s: %s", type(exc).__name__, exc)
             self._healthy_since = None
             return
         now = self._clock()
-        gap = self._last_beat is not None and now - self._last_beat > self.ttl_s / 2
+        gap = self._gap(now, self._last_beat) or self._gap(store_time, self._last_store_time)
         if self._healthy_since is None or gap:
             self._healthy_since = now
-        self._last_beat = now
+        self._last_beat, self._last_store_time = now, store_time
+
+    def _gap(self, now: float, last: float | None) -> bool:
+        return last is not None and not 0 <= now - last <= self.ttl_s / 2
 
     def judging(self) -> bool:
         since, last, now = self._healthy_since, self._last_beat, self._clock()
-        if since is None or last is None:
+        if since is None or last is None or self._leaving:
             return False
         return now - since >= self.ttl_s and now - last <= self.ttl_s / 2
 
+    def leave(self) -> None:
+        """Judge no more: the worker's shutdown began (Celery's signal handler calls
+        this, so it only sets a flag), and it may no longer serve the queue a resumed
+        batch would go to. It beats on until `stop`."""
+        self._leaving = True
+
     def stop(self) -> None:
-        """Stop beating and say so: this worker runs nothing any more, so a host it
-        still held (a cold shutdown) is orphaned at once, not `ttl_s` later."""
+        """Stop beating and drop this process's liveness: called at Celery's
+        ``worker_shutdown``, when its tasks are done and it holds no host."""
+        self._leaving = True
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(self.beat_s * 2)
         try:
-            self._store.beat_alive(self.worker, 0.0)
+            self._store.forget_alive(self.worker)
         except Exception as exc:
             log.warning("fleet: liveness not ended: %s: %s", type(exc).__name__, exc)
 

@@ -18,14 +18,15 @@ callback would have (`--max-fail` counts the lost host).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fleet.lifecycle import finalize_run
 from fleet.results import HostResult, RunRecord, Status
 from fleet.rollout import BATCH_CLAIM
 from fleet.store.keys import epoch
-from fleet.store.protocol import Holder, RunStore
+from fleet.store.protocol import Holder, RunStore, Slot
 from fleet.sweeps import one_run
 
 #: Newest runs looked at per sweep (as the watchdog's).
@@ -33,28 +34,34 @@ SWEEP_LIMIT = 500
 #: Seconds a submitter's clock may be ahead of the store's.
 CLOCK_MARGIN_S = 60.0
 
-#: The claim that makes one sweeper, once, continue a rolling run after batch K
-#: (0-based) whose chord cannot complete (never a host name: names hold no control
-#: character).
-RESUME_CLAIM = "\x00resume:{}"
+#: The slot (`RunStore.take_slot`) that lets one sweeper at a time continue a rolling
+#: run after one of its batches: held `hold_s` seconds, so that a sending that failed is
+#: tried again by a later sweep (a second sending is harmless: the next batch's own
+#: claim publishes it once, `fleet.batches.next_batch`).
+RESUME_SCOPE = "resume:{}:{}"
 
 
 @dataclass(frozen=True, slots=True)
 class Orphaned:
-    """What one sweep did to one run: `lost`, the hosts recorded lost; `resume`, a
-    rolling run's batch (0-based) to continue after (the caller sends its chord
-    callback), or None."""
+    """What one sweep did to one run: `lost`, the hosts it recorded lost; `resumed`, a
+    rolling run's batch (0-based) whose chord callback it sent, or None."""
 
     run_id: str
-    deadline: float  # the run's, epoch seconds: a resumed batch's message expires then
     lost: tuple[str, ...]
-    resume: int | None = None
+    resumed: int | None = None
 
 
-def orphan_message(worker: str, dead_after_s: float) -> str:
+#: `resume(run_id, batch, deadline)`: send the chord callback of the run's batch (0-based),
+#: expiring at the run's deadline (epoch seconds). Raises what the broker raises.
+Resume = Callable[[str, int, float], None]
+
+
+def orphan_message(worker: str, died_at: float) -> str:
+    """Why a host is `lost`: its worker counted as dead at `died_at` (epoch seconds)."""
+    when = datetime.fromtimestamp(died_at, UTC).strftime("%H:%M:%S UTC")
     return (
-        f"its worker {worker} stopped (no sign of life for {dead_after_s:g} s) while it "
-        "held the host: whether the command ran, or how far, is unknown"
+        f"its worker {worker} stopped (silent, counted dead at {when}) while it held the "
+        "host: whether the command ran, or how far, is unknown"
     )
 
 
@@ -63,18 +70,19 @@ def settle_orphans(
     dead: Mapping[Holder, float],
     *,
     sweeper: str,
-    dead_after_s: float,
+    resume: Resume | None,
+    hold_s: float,
     limit: int = SWEEP_LIMIT,
 ) -> list[Orphaned]:
     """Record `lost` every host of an unfinished run whose claim is held by one of the
-    `dead` worker processes (`RunStore.dead_workers`: each with when it died); finish
-    the runs that this completes, and say which rolling runs' batches to continue.
-    `sweeper`: this worker's name (the resume claim's holder). Raises `BackendError`.
+    `dead` worker processes (each with when it counted dead, epoch seconds); finish the
+    runs this completes, and continue the rolling runs whose batch ended with such a
+    host (`resume`; `sweeper`, this worker's name, holds the resume slot `hold_s`
+    seconds). One run's bad record or failed sending is logged and skipped
+    (`fleet.sweeps`); raises `BackendError` when the store fails.
 
     Runs created after the last of those deaths (`CLOCK_MARGIN_S` allowed for the
-    submitter's clock) are not looked at: no dead process claimed any of their hosts.
-    A worker stopped for a deploy is listed dead for an hour, and would otherwise cost
-    every sweep every unfinished run's results."""
+    submitter's clock) are not looked at: no dead process claimed any of their hosts."""
     done: list[Orphaned] = []
     if not dead:
         return done
@@ -82,40 +90,52 @@ def settle_orphans(
     for run in store.list_runs(limit=limit):
         with one_run(run.run_id, "orphaned hosts not settled"):
             if run.finished_at is None and epoch(run.created_at) <= last_death:
-                outcome = _settle_run(store, run, set(dead), sweeper, dead_after_s)
+                outcome = _settle_run(store, run, dead, sweeper, resume, hold_s)
                 if outcome is not None:
                     done.append(outcome)
     return done
 
 
 def _settle_run(
-    store: RunStore, run: RunRecord, dead: set[Holder], sweeper: str, dead_after_s: float
+    store: RunStore,
+    run: RunRecord,
+    dead: Mapping[Holder, float],
+    sweeper: str,
+    resume: Resume | None,
+    hold_s: float,
 ) -> Orphaned | None:
     results = store.results(run.run_id)
     missing = [name for name in run.hosts if name not in results]
     holders = store.claim_holders(run.run_id, missing)
     orphans = [name for name in missing if holders.get(name) in dead]
+    lost: list[str] = []
     if orphans:
         addresses = {h.name: h.address for h in store.run_hosts(run.run_id)}
         for name in orphans:
             worker = holders[name][0]
-            lost = HostResult.not_run(
-                name, Status.LOST, orphan_message(worker, dead_after_s), addresses.get(name, "")
-            )
-            store.save_result(run.run_id, lost.with_worker(worker))
+            message = orphan_message(worker, dead[holders[name]])
+            result = HostResult.not_run(name, Status.LOST, message, addresses.get(name, ""))
+            if store.save_result(run.run_id, result.with_worker(worker)):
+                lost.append(name)  # else: the worker came back and recorded it first
         results = store.results(run.run_id)
-    resume = _batch_to_resume(store, run, results) if run.batches else None
-    if resume is not None and not store.claim_host(
-        run.run_id, RESUME_CLAIM.format(resume), sweeper
-    ):
-        resume = None  # another sweeper continues it
-    if resume is None and (orphans or all(name in results for name in run.hosts)):
+    batch = _batch_to_resume(store, run, results) if run.batches else None
+    resumed = None
+    if batch is not None and resume is not None:
+        scope = RESUME_SCOPE.format(run.run_id, batch)
+        if store.take_slot(scope, sweeper, 1, hold_s) is Slot.TAKEN:
+            try:
+                resume(run.run_id, batch, run.deadline)
+            except BaseException:
+                store.release_slot(scope, sweeper)  # the next sweep tries again
+                raise
+            resumed = batch
+    elif orphans or all(name in results for name in run.hosts):
         # No chord callback will finish it: finish it here if it can be (a cancelled
         # run's unclaimed hosts end `cancelled` on the way).
         finalize_run(store, run.run_id)
-    if not orphans and resume is None:
+    if not lost and resumed is None:
         return None
-    return Orphaned(run.run_id, run.deadline, tuple(orphans), resume)
+    return Orphaned(run.run_id, tuple(lost), resumed)
 
 
 def _batch_to_resume(store: RunStore, run: RunRecord, results: dict[str, HostResult]) -> int | None:

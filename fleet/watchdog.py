@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from fleet.errors import FleetError
 from fleet.lifecycle import finalize_run
 from fleet.liveness import Liveness
-from fleet.orphans import settle_orphans
-from fleet.store.protocol import RunStore
+from fleet.orphans import Resume, settle_orphans
+from fleet.store.protocol import Holder, RunStore
 from fleet.sweeps import one_run
 
 #: Newest runs looked at per sweep: overdue runs are recent (deadlines are at most 11 h).
@@ -53,12 +52,14 @@ class Watchdog:
         store: RunStore,
         interval_s: float,
         liveness: Liveness | None = None,
-        resume: Callable[[str, int, float], None] | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self._store = store
         self._interval_s = interval_s
         self._liveness = liveness
         self._resume = resume
+        # Seen dead at the last sweep: process -> (its time alive, when first seen).
+        self._suspects: dict[Holder, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-watchdog", daemon=True)
 
@@ -82,22 +83,38 @@ class Watchdog:
 
     def _sweep_orphans(self, liveness: Liveness) -> None:
         if not liveness.judging():
+            self._suspects.clear()
             return
         try:
-            dead = self._store.dead_workers(DEAD_LISTED_S)
+            found = self._store.dead_workers(DEAD_LISTED_S, liveness.worker, liveness.ttl_s / 2)
+            dead = self._confirmed(found, liveness.beat_s)
+            hold_s = 3 * self._interval_s
             for done in settle_orphans(
-                self._store, dead, sweeper=liveness.worker, dead_after_s=liveness.ttl_s
+                self._store, dead, sweeper=liveness.worker, resume=self._resume, hold_s=hold_s
             ):
                 if done.lost:
                     log.warning(
-                        "run %s: %s recorded lost: %s",
+                        "run %s: %s recorded lost: the worker holding them stopped",
                         done.run_id,
                         ", ".join(done.lost),
-                        "the worker holding them stopped",
                     )
-                if done.resume is not None and self._resume is not None:
-                    self._resume(done.run_id, done.resume, done.deadline)
+                if done.resumed is not None:
+                    log.warning("run %s goes on after batch %d", done.run_id, done.resumed + 1)
         except FleetError as exc:
             log.warning("watchdog: orphaned hosts not settled: %s", exc)
         except Exception:
             log.exception("watchdog: orphaned hosts not settled")
+
+    def _confirmed(self, found: dict[Holder, float], beat_s: float) -> dict[Holder, float]:
+        """The processes `found` dead at this sweep and at an earlier one at least two
+        beats before, with the same time alive: one that only seemed dead for a moment
+        (a clock step, a restart of the store) has beaten again by then."""
+        now = time.monotonic()
+        seen = self._suspects
+        self._suspects = {
+            h: (until, seen[h][1] if h in seen and seen[h][0] == until else now)
+            for h, until in found.items()
+        }
+        return {
+            h: until for h, (until, first) in self._suspects.items() if now - first >= 2 * beat_s
+        }

@@ -322,6 +322,8 @@ def _leave(**_: Any) -> None:
     # for running tasks, and no run should be routed here meanwhile.
     if _heartbeat is not None:
         _heartbeat.leave()
+    if _liveness is not None:
+        _liveness.leave()  # judge no more: this worker may stop serving its queues
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]

@@ -253,15 +253,21 @@ class RunStore(Protocol):
         """Per queue, the personal queues whose registration expired (their messages are
         orphans); registrations expired more than `drop_after_s` seconds ago are dropped."""
 
-    def beat_alive(self, worker: str, ttl_s: float) -> None:
+    def beat_alive(self, worker: str, ttl_s: float) -> float:
         """Record that this process, the worker named `worker` (its Celery node name, the
         name its claims hold), counts as alive for `ttl_s` more seconds of the store's
-        clock (0: no longer, e.g. at its shutdown) (`fleet.liveness`)."""
+        clock (`fleet.liveness`); returns that clock's time now (epoch seconds)."""
 
-    def dead_workers(self, within_s: float) -> dict[Holder, float]:
+    def forget_alive(self, worker: str) -> None:
+        """Drop this process's liveness: it ended holding no host (a warm shutdown)."""
+
+    def dead_workers(self, within_s: float, judge: str, min_left_s: float) -> dict[Holder, float]:
         """The worker processes whose time alive passed within the last `within_s`
         seconds, each with that time (epoch seconds, the store's clock); older ones are
-        dropped. A store whose workers cannot outlive its reader: {}."""
+        dropped. Asked by this process, the worker `judge`: nothing unless its own time
+        alive holds `min_left_s` seconds more (its own beat landed lately by the store's
+        clock, so a clock step or a pause of its own hides nobody's beat), and never
+        itself. A store whose workers cannot outlive its reader: {}."""
 
     def claim_holders(self, run_id: str, hosts: Sequence[str]) -> dict[str, Holder]:
         """Who holds the claim of each of `hosts` in the run, for the hosts claimed, in

@@ -26,14 +26,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+return tostring(now)
 """
 
-# KEYS: the set. ARGV: seconds. Members whose time passed, within the last ARGV[1]
-# seconds; older ones are dropped.
+# KEYS: the set. ARGV: seconds, the judge's member, seconds the judge's own time must
+# hold still. Members whose time passed, within the last ARGV[1] seconds (older ones
+# are dropped), the judge left out; nothing unless the judge's own time holds ARGV[3].
 DEAD_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '')
+if not own or own < now + tonumber(ARGV[3]) then
+  return {}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES')
 """
@@ -41,6 +46,11 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES')
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _member(worker: str) -> str:
+    """This process's member of the set, as worker `worker`."""
+    return f"{worker}{NONCE_SEP}{PROCESS_ID}"
 
 
 def _holder(value: str) -> Holder:
@@ -51,7 +61,8 @@ def _holder(value: str) -> Holder:
 
 
 class RedisLiveness(RedisPart):
-    """`beat_alive`, `dead_workers` and `claim_holders` of the `RunStore` protocol."""
+    """`beat_alive`, `forget_alive`, `dead_workers` and `claim_holders` of the
+    `RunStore` protocol."""
 
     _prefix: str
     _beat_alive: Any = None
@@ -60,22 +71,30 @@ class RedisLiveness(RedisPart):
     def _alive_key(self) -> str:
         return f"{self._prefix}:alive"
 
-    def beat_alive(self, worker: str, ttl_s: float) -> None:
+    def beat_alive(self, worker: str, ttl_s: float) -> float:
         if self._beat_alive is None:
             self._beat_alive = self._client.register_script(BEAT_LUA)
         with self._guard():
-            member = f"{worker}{NONCE_SEP}{PROCESS_ID}"
-            self._beat_alive(keys=[self._alive_key()], args=[member, ttl_s, KEY_TTL_S])
+            now = self._beat_alive(
+                keys=[self._alive_key()], args=[_member(worker), ttl_s, KEY_TTL_S]
+            )
+        return float(_text(now))
 
-    def dead_workers(self, within_s: float) -> dict[Holder, float]:
+    def forget_alive(self, worker: str) -> None:
+        with self._guard():
+            self._client.zrem(self._alive_key(), _member(worker))
+
+    def dead_workers(self, within_s: float, judge: str, min_left_s: float) -> dict[Holder, float]:
         if self._dead is None:
             self._dead = self._client.register_script(DEAD_LUA)
+        args = [within_s, _member(judge), min_left_s]
         with self._guard():
-            flat = self._dead(keys=[self._alive_key()], args=[within_s])
+            flat = self._dead(keys=[self._alive_key()], args=args)
         # Lua returns a score as a string (RESP2 and RESP3 alike).
-        return {
-            _holder(_text(m)): float(_text(t)) for m, t in zip(flat[::2], flat[1::2], strict=True)
-        }
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        dead = {_holder(_text(member)): float(_text(until)) for member, until in pairs}
+        dead.pop((judge, PROCESS_ID), None)  # never itself: it is here, asking
+        return dead
 
     def claim_holders(self, run_id: str, hosts: Sequence[str]) -> dict[str, Holder]:
         if not hosts:

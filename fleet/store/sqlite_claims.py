@@ -8,6 +8,7 @@ dies, so does everything that would notice. Its hosts end `lost` at the run's de
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from fleet.store.parts import SqlitePart
@@ -15,8 +16,8 @@ from fleet.store.protocol import Holder
 
 
 class SqliteClaims(SqlitePart):
-    """`claim_host`, `claim_holder`, `claim_holders`, `beat_alive` and `dead_workers` of
-    the `RunStore` protocol."""
+    """`claim_host`, `claim_holder`, `claim_holders`, `beat_alive`, `forget_alive` and
+    `dead_workers` of the `RunStore` protocol."""
 
     def claim_host(self, run_id: str, host: str, worker: str) -> bool:
         claim = "INSERT OR IGNORE INTO claims (run_id, host, worker) VALUES (?, ?, ?)"
@@ -39,8 +40,11 @@ class SqliteClaims(SqlitePart):
             rows = self._conn.execute(query, (run_id,)).fetchall()
         return {str(host): (str(worker), "") for host, worker in rows if host in wanted}
 
-    def beat_alive(self, worker: str, ttl_s: float) -> None:
+    def beat_alive(self, worker: str, ttl_s: float) -> float:
+        return time.time()
+
+    def forget_alive(self, worker: str) -> None:
         return None
 
-    def dead_workers(self, within_s: float) -> dict[Holder, float]:
+    def dead_workers(self, within_s: float, judge: str, min_left_s: float) -> dict[Holder, float]:
         return {}

@@ -296,28 +296,35 @@ def test_worker_liveness_lapses_and_a_restart_is_another_process(
     make_store: MakeStore, raw: redis.Redis, prefix: str
 ) -> None:
     """`beat_alive` holds for its TTL on Redis's clock; `dead_workers` lists the lapsed
-    processes, then forgets them; the same name in another process is another holder."""
+    processes to a judge whose own beat is fresh, never the judge, then forgets them;
+    the same name in another process is another holder."""
     import fleet.store.redis_liveness as liveness
 
     store = make_store()
-    assert store.dead_workers(60) == {}
+    assert abs(store.beat_alive("judge@j", 60) - time.time()) < 1.0  # the store's clock
+    assert store.dead_workers(60, "judge@j", 30) == {}
     store.beat_alive("w1@a", 0.3)
     store.beat_alive("w2@b", 60)
-    assert store.dead_workers(60) == {}
+    assert store.dead_workers(60, "judge@j", 30) == {}
     assert 0 < raw.ttl(f"{prefix}:alive") <= liveness.KEY_TTL_S  # every key has a TTL
     time.sleep(0.4)
-    (died,) = store.dead_workers(60).items()
+    (died,) = store.dead_workers(60, "judge@j", 30).items()
     assert died[0] == ("w1@a", PROCESS_ID)
     assert abs(died[1] - time.time()) < 1.0  # when (the store's clock): 0.3 s after the beat
-    store.beat_alive("w2@b", 0)  # a worker's end: dead at once
-    assert sorted(store.dead_workers(60)) == [("w1@a", PROCESS_ID), ("w2@b", PROCESS_ID)]
+    # A judge whose own beat is not fresh (or absent) sees nobody dead.
+    assert store.dead_workers(60, "judge@j", 90) == {}
+    assert store.dead_workers(60, "nobody@x", 1) == {}
+    # The judge never lists itself, even when its own time ran out.
+    assert ("w1@a", PROCESS_ID) not in store.dead_workers(60, "w1@a", -60)
+    store.forget_alive("w2@b")  # a warm shutdown: not dead, gone
+    assert list(store.dead_workers(60, "judge@j", 30)) == [("w1@a", PROCESS_ID)]
     time.sleep(0.2)
-    assert store.dead_workers(0.1) == {}  # lapsed longer ago: dropped
+    assert store.dead_workers(0.1, "judge@j", 30) == {}  # lapsed longer ago: dropped
     # A claim names its process: a worker restarted under the same name beats as
     # another one, and the host its predecessor held stays the predecessor's.
     hosts = make_hosts("web01")
     store.create_run(make_run("r1", hosts), hosts)
     assert store.start_host("r1", "web01", "w1@a", time.time()) == "started"
     assert store.claim_holders("r1", ["web01"]) == {"web01": ("w1@a", PROCESS_ID)}
-    raw.zadd(f"{prefix}:alive", {f"w1@a\x1f{'0' * 16}": time.time() + 60})
-    assert ("w1@a", "0" * 16) not in store.dead_workers(60)
+    raw.zadd(f"{prefix}:alive", {f"w1@a\x1f{'0' * 16}": time.time() - 1})
+    assert ("w1@a", "0" * 16) in store.dead_workers(60, "judge@j", 30)

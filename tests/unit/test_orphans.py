@@ -12,10 +12,11 @@ import pytest
 
 from fleet.inventory.hosts import Host
 from fleet.liveness import BEAT_S, Liveness
-from fleet.orphans import settle_orphans
+from fleet.orphans import Orphaned, settle_orphans
 from fleet.results import HostResult, RunRecord, Status, utc_now
 from fleet.rollout import BATCH_CLAIM
 from fleet.store.sqlite_store import SqliteRunStore
+from fleet.watchdog import Watchdog
 
 NAMES = ("web01", "web02", "web03", "web04")
 HOSTS = tuple(Host(n, f"10.0.0.{i + 1}") for i, n in enumerate(NAMES))
@@ -57,8 +58,26 @@ def ok(store: SqliteRunStore, host: str, run_id: str = "r1") -> None:
     store.save_result(run_id, HostResult(host, Status.OK, exit_code=0))
 
 
-def settle(store: SqliteRunStore, dead: dict[tuple[str, str], float] = DEAD) -> list[object]:
-    return list(settle_orphans(store, dead, sweeper="w2@b", dead_after_s=15))
+class Resumer:
+    """A `resume` callback recording its calls; raises while `failing`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.failing = False
+
+    def __call__(self, run_id: str, batch: int, deadline: float) -> None:
+        if self.failing:
+            raise ConnectionError("broker down")
+        self.calls.append((run_id, batch))
+
+
+def settle(
+    store: SqliteRunStore,
+    dead: dict[tuple[str, str], float] = DEAD,
+    resume: Resumer | None = None,
+    sweeper: str = "w2@b",
+) -> list[Orphaned]:
+    return settle_orphans(store, dead, sweeper=sweeper, resume=resume, hold_s=30)
 
 
 def test_a_dead_workers_host_ends_lost_naming_it_and_the_run_finishes(
@@ -73,8 +92,9 @@ def test_a_dead_workers_host_ends_lost_naming_it_and_the_run_finishes(
     lost = store.results("r1")["web01"]
     assert lost.status is Status.LOST and lost.worker == "w1@a"
     assert lost.error is not None and "its worker w1@a stopped" in lost.error
+    assert "counted dead at" in lost.error
     assert lost.address == "10.0.0.1"
-    assert done.lost == ("web01",) and done.resume is None  # type: ignore[attr-defined]
+    assert done.lost == ("web01",) and done.resumed is None
     assert store.get_run("r1").state == "finished"
     assert settle(store) == []  # finished: nothing more to do
 
@@ -104,18 +124,36 @@ def test_a_worker_that_comes_back_finds_its_result_refused(store: SqliteRunStore
     assert store.results("r1")["web01"].status is Status.LOST
 
 
-def test_a_rolling_runs_ended_batch_is_resumed_once(store: SqliteRunStore) -> None:
+def test_a_rolling_runs_ended_batch_is_resumed_by_one_sweeper(store: SqliteRunStore) -> None:
     make_run(store, batches=(NAMES[:2], NAMES[2:]))
     started(store, "web01", "w1@a")
     started(store, "web02", "w2@b")
-    (first,) = settle(store)
+    resume = Resumer()
+    (first,) = settle(store, resume=resume)
     # web02 still runs: the batch has not ended, nothing to resume yet.
-    assert first.lost == ("web01",) and first.resume is None  # type: ignore[attr-defined]
+    assert first.lost == ("web01",) and first.resumed is None and resume.calls == []
     ok(store, "web02")
-    (second,) = settle(store)
-    assert second.lost == () and second.resume == 0  # type: ignore[attr-defined]
-    assert settle(store) == []  # resumed once, by one sweeper
-    assert store.get_run("r1").state == "running"  # the resumed callback finishes it
+    (second,) = settle(store, resume=resume)
+    assert second.lost == () and second.resumed == 0 and resume.calls == [("r1", 0)]
+    assert settle(store, resume=resume, sweeper="w3@c") == []  # another sweeper: held
+    assert store.get_run("r1").state == "running"  # the resumed callback goes on with it
+
+
+def test_a_resume_that_failed_to_send_is_tried_again(store: SqliteRunStore) -> None:
+    make_run(store, "r0")  # an earlier run: the failure of r1's sending stops nothing
+    make_run(store, batches=(NAMES[:2], NAMES[2:]))
+    started(store, "web01", "w1@a")
+    started(store, "web01", "w1@a", run_id="r0")
+    started(store, "web02", "w2@b")
+    ok(store, "web02")
+    resume = Resumer()
+    resume.failing = True
+    done = settle(store, resume=resume)
+    assert [d.run_id for d in done] == ["r0"]  # r1's sending failed: logged, skipped
+    assert store.results("r1")["web01"].status is Status.LOST
+    resume.failing = False
+    (again,) = settle(store, resume=resume)
+    assert again.run_id == "r1" and again.resumed == 0 and resume.calls == [("r1", 0)]
 
 
 def test_a_batch_already_followed_by_the_next_is_not_resumed(store: SqliteRunStore) -> None:
@@ -128,9 +166,9 @@ def test_a_batch_already_followed_by_the_next_is_not_resumed(store: SqliteRunSto
     started(store, "web03", "w1@a")
     started(store, "web04", "w2@b")
     ok(store, "web04")
-    (done,) = settle(store)
+    (done,) = settle(store, resume=Resumer())
     # The last batch ended with the lost host: nothing follows, the run finishes here.
-    assert done.lost == ("web03",) and done.resume is None  # type: ignore[attr-defined]
+    assert done.lost == ("web03",) and done.resumed is None
     assert store.get_run("r1").state == "finished"
 
 
@@ -155,11 +193,16 @@ class FlakyStore:
     def __init__(self) -> None:
         self.down = False
         self.beats: list[tuple[str, float]] = []
+        self.store_time = [1000.0]
 
-    def beat_alive(self, worker: str, ttl_s: float) -> None:
+    def beat_alive(self, worker: str, ttl_s: float) -> float:
         if self.down:
             raise ConnectionError("store down")
         self.beats.append((worker, ttl_s))
+        return self.store_time[0]
+
+    def forget_alive(self, worker: str) -> None:
+        self.beats.append((worker, -1.0))
 
 
 def test_a_worker_judges_only_after_a_full_ttl_of_its_own_beats() -> None:
@@ -170,6 +213,7 @@ def test_a_worker_judges_only_after_a_full_ttl_of_its_own_beats() -> None:
     def beating(seconds: float) -> None:
         for _ in range(int(seconds / 2)):
             now[0] += 2.0
+            flaky.store_time[0] += 2.0
             live.beat()
 
     live.beat()
@@ -195,6 +239,15 @@ def test_a_worker_judges_only_after_a_full_ttl_of_its_own_beats() -> None:
     assert not live.judging()
     beating(16)
     assert live.judging()
+    # The store's clock steps ahead (a failover to a replica, a restart from a snapshot):
+    # every worker's time alive looks spent at once, so again it waits.
+    flaky.store_time[0] += 60.0
+    live.beat()
+    assert not live.judging()
+    beating(16)
+    assert live.judging()
+    live.leave()  # its shutdown began
+    assert not live.judging()
 
 
 def test_beats_come_several_times_per_ttl_and_the_end_is_said() -> None:
@@ -204,4 +257,26 @@ def test_beats_come_several_times_per_ttl_and_the_end_is_said() -> None:
     assert live.beat_s == 0.5
     live.start()
     live.stop()
-    assert flaky.beats[-1] == ("w", 0.0)
+    assert flaky.beats[-1] == ("w", -1.0)  # forgotten: it ended holding no host
+
+
+def test_a_death_counts_once_seen_twice_two_beats_apart(
+    store: SqliteRunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog acts on a process found dead at two sweeps, at least two beats apart,
+    with the same time alive; one that beat in between (it only seemed dead: a clock
+    step, a restart of the store) is a suspect again from scratch."""
+    import fleet.watchdog
+
+    now = [50.0]
+    monkeypatch.setattr(fleet.watchdog.time, "monotonic", lambda: now[0])
+    dog = Watchdog(store, interval_s=10)
+    a, b = ("w1@a", "p1"), ("w2@b", "p2")
+    assert dog._confirmed({a: 100.0, b: 100.0}, beat_s=2) == {}
+    now[0] += 3.0
+    assert dog._confirmed({a: 100.0, b: 100.0}, beat_s=2) == {}  # 3 s < 2 beats
+    now[0] += 2.0
+    assert dog._confirmed({a: 100.0, b: 107.0}, beat_s=2) == {a: 100.0}  # b beat since
+    now[0] += 4.0
+    assert dog._confirmed({a: 100.0, b: 107.0}, beat_s=2) == {a: 100.0, b: 107.0}
+    assert dog._confirmed({}, beat_s=2) == {}
