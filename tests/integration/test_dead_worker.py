@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.harness.ledger import Ledger
 from tests.harness.redis_server import RedisServer
@@ -181,3 +182,20 @@ def test_on_rabbitmq_the_redelivered_message_is_ignored_and_the_run_goes_on(
     assert statuses(doc) == {first: "lost", second: "ok", third: "ok"}, doc
     for name in cluster.names:
         assert ledger.lines(name) == [doc["run_id"]]
+
+
+def test_a_worker_stopped_with_sigterm_finishes_its_host_and_leaves_not_dead(
+    start_run: Any, fresh_redis: RedisServer
+) -> None:
+    """A warm shutdown: the worker finishes the host it runs, records it, and drops its
+    liveness (it holds nothing): no other worker will find it dead."""
+    cluster = start_run(1)
+    raw = redis.Redis.from_url(fresh_redis.url)
+    try:
+        assert [m.split(b"\x1f")[0] for m in raw.zrange("fleet:alive", 0, -1)] == [b"a@testnode"]
+        cluster.worker_a.stop(timeout=SLOW + 20)
+        doc = _finish(cluster, time.monotonic())
+        assert statuses(doc) == {cluster.names[0]: "ok"}
+        assert raw.zrange("fleet:alive", 0, -1) == []
+    finally:
+        raw.close()
