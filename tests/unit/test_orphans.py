@@ -20,7 +20,7 @@ from fleet.watchdog import Watchdog
 
 NAMES = ("web01", "web02", "web03", "web04")
 HOSTS = tuple(Host(n, f"10.0.0.{i + 1}") for i, n in enumerate(NAMES))
-DEAD = {("w1@a", ""): time.time() + 1}
+DEAD_WORKER = ("w1@a", "")
 
 
 @pytest.fixture
@@ -73,10 +73,12 @@ class Resumer:
 
 def settle(
     store: SqliteRunStore,
-    dead: dict[tuple[str, str], float] = DEAD,
+    dead: dict[tuple[str, str], float] | None = None,
     resume: Resumer | None = None,
     sweeper: str = "w2@b",
 ) -> list[Orphaned]:
+    # Dead now, after the runs were created (a sweep skips runs created after a death).
+    dead = {DEAD_WORKER: time.time() + 1} if dead is None else dead
     return settle_orphans(store, dead, sweeper=sweeper, resume=resume, hold_s=30)
 
 
