@@ -60,6 +60,7 @@ class Liveness:
         self._last_beat: float | None = None
         self._last_store_time: float | None = None
         self._leaving = False
+        self._forget = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet-liveness", daemon=True)
 
@@ -97,13 +98,20 @@ class Liveness:
         batch would go to. It beats on until `stop`."""
         self._leaving = True
 
-    def stop(self) -> None:
-        """Stop beating and drop this process's liveness: called at Celery's
-        ``worker_shutdown``, when its tasks are done and it holds no host."""
+    def stop(self, *, forget: bool = True) -> None:
+        """Stop beating; with `forget`, drop this process's liveness: called at Celery's
+        ``worker_shutdown``, when a warm shutdown's tasks are done and it holds no host.
+        Without (a cold shutdown, whose abandoned hosts are still claimed), its time
+        alive runs out, and the others find those hosts orphaned."""
         self._leaving = True
+        self._forget = forget
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(self.beat_s * 2)
+        if forget:
+            self._forget_alive()
+
+    def _forget_alive(self) -> None:
         try:
             self._store.forget_alive(self.worker)
         except Exception as exc:
@@ -112,3 +120,6 @@ class Liveness:
     def _loop(self) -> None:
         while not self._stop.wait(self.beat_s):
             self.beat()
+            if self._stop.is_set() and self._forget:
+                # A beat that outlasted `stop`'s wait landed after its forgetting.
+                self._forget_alive()

@@ -18,16 +18,22 @@ callback would have (`--max-fail` counts the lost host).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fleet.errors import FleetError
 from fleet.lifecycle import finalize_run
 from fleet.results import HostResult, RunRecord, Status
 from fleet.rollout import BATCH_CLAIM
 from fleet.store.keys import epoch
 from fleet.store.protocol import Holder, RunStore, Slot
 from fleet.sweeps import one_run
+from fleet.textsafe import exception_line
+
+log = logging.getLogger(__name__)
 
 #: Newest runs looked at per sweep (as the watchdog's).
 SWEEP_LIMIT = 500
@@ -39,6 +45,8 @@ CLOCK_MARGIN_S = 60.0
 #: tried again by a later sweep (a second sending is harmless: the next batch's own
 #: claim publishes it once, `fleet.batches.next_batch`).
 RESUME_SCOPE = "resume:{}:{}"
+#: After a sending, the slot is held this many times `hold_s` more.
+RESUME_AGAIN_AFTER = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +133,16 @@ def _settle_run(
         if store.take_slot(scope, sweeper, 1, hold_s) is Slot.TAKEN:
             try:
                 resume(run.run_id, batch, run.deadline)
-            except BaseException:
-                store.release_slot(scope, sweeper)  # the next sweep tries again
-                raise
-            resumed = batch
+            except Exception as exc:  # the broker, or a bad deadline: say so, go on
+                log.warning("run %s: batch %d not resumed: %s: %s", run.run_id, batch + 1,
+                            type(exc).__name__, exception_line(exc))  # fmt: skip
+                with contextlib.suppress(FleetError):
+                    store.release_slot(scope, sweeper)  # the next sweep tries again
+            else:
+                resumed = batch
+                # Sent: a callback waiting in a busy queue is not sent again soon.
+                with contextlib.suppress(FleetError):
+                    store.release_slot(scope, sweeper, linger_s=RESUME_AGAIN_AFTER * hold_s)
     elif orphans or all(name in results for name in run.hosts):
         # No chord callback will finish it: finish it here if it can be (a cancelled
         # run's unclaimed hosts end `cancelled` on the way).

@@ -216,6 +216,7 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
 
 _heartbeat: Any = None
 _liveness: Any = None
+_cold = False
 
 
 def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
@@ -317,9 +318,11 @@ def _say_weakened_settings(consumer: Any, controller: Any) -> None:
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]
-def _leave(**_: Any) -> None:
+def _leave(how: str | None = None, **_: Any) -> None:
     # In Celery's signal handler, as the shutdown begins: a warm shutdown may wait long
     # for running tasks, and no run should be routed here meanwhile.
+    global _cold
+    _cold = _cold or how == "Cold"  # its running tasks are abandoned, their hosts claimed
     if _heartbeat is not None:
         _heartbeat.leave()
     if _liveness is not None:
@@ -333,6 +336,8 @@ def _close_connections(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()  # route no more hosts to this worker
     if _liveness is not None:
-        _liveness.stop()  # after the pool: a warm shutdown's tasks are done by now
+        # After the pool: a warm shutdown's tasks are done by now, and this worker holds
+        # no host; after a cold one, its hosts are found orphaned once its time runs out.
+        _liveness.stop(forget=not _cold)
 
     close_default_pool()

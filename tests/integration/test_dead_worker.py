@@ -199,3 +199,20 @@ def test_a_worker_stopped_with_sigterm_finishes_its_host_and_leaves_not_dead(
         assert raw.zrange("fleet:alive", 0, -1) == []
     finally:
         raw.close()
+
+
+def test_a_cold_shutdown_still_records_its_host(
+    start_run: Any, start_worker: StartWorker, ledger: Ledger
+) -> None:
+    """SIGQUIT, Celery's cold shutdown: the threads pool cannot cancel a running task
+    (Celery logs that its pool "does not implement kill_job"), so the command ends and
+    its result is recorded before the worker exits; the run ends then, not at its
+    deadline. (With the prefork pool the task is cancelled and the host is found lost
+    like a killed worker's: the worker keeps its liveness entry at a cold shutdown, see
+    tests/unit/test_orphans.py.)"""
+    cluster = start_run(1)
+    start_worker(name="b", concurrency=2, env=cluster.env)
+    cluster.worker_a.kill(signal.SIGQUIT)
+    doc = _finish(cluster, time.monotonic())
+    assert statuses(doc) == {cluster.names[0]: "ok"}
+    assert ledger.lines(cluster.names[0]) == [doc["run_id"]]
