@@ -216,3 +216,38 @@ def test_a_cold_shutdown_still_records_its_host(
     doc = _finish(cluster, time.monotonic())
     assert statuses(doc) == {cluster.names[0]: "ok"}
     assert ledger.lines(cluster.names[0]) == [doc["run_id"]]
+
+
+def test_a_redis_restart_longer_than_the_ttl_makes_no_worker_dead(
+    ssh_fleet: SSHFleet, start_worker: StartWorker, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Redis (AOF on) down for longer than FLEET_WORKER_DEAD_AFTER while two workers run
+    their hosts: when it is back, every worker's time alive looks spent, yet no judge
+    takes a live worker for dead (its own beats had a gap; its own entry is checked on
+    Redis's clock; a death must be seen twice), not even one that comes back a second
+    late: every host ends `ok`."""
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    try:
+        env = fleet_env(server.url, ssh_fleet.known_hosts, tmp_path / "home")
+        env.update(FLEET_WORKER_DEAD_AFTER=str(DEAD_AFTER_S), FLEET_WATCHDOG_INTERVAL="0.5")
+        hosts = ssh_fleet.hosts[:4]
+        cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inv.yaml", hosts=hosts), env)
+        workers = [start_worker(name=name, concurrency=2, env=env) for name in ("a", "b")]
+        time.sleep(DEAD_AFTER_S + 1)  # both judging by now
+        argv = ["run", ledger.command("sleep 9"), "-g", "web", "--deadline", "120"]
+        proc = cli.popen([*argv, "--timeout", "100", "--json"])
+        wait_until(lambda: len(ledger.hosts()) == len(hosts), timeout=30)
+        # b is also slow to come back (stopped through the outage and 1 s after it):
+        # only the judge's own wait after the outage lets it beat before a verdict.
+        workers[1].kill(signal.SIGSTOP)
+        server.restart(down_for=DEAD_AFTER_S + 2)
+        time.sleep(1.0)
+        workers[1].kill(signal.SIGCONT)
+        out, err = proc.communicate(timeout=90)
+        assert "Traceback" not in err, err
+        doc = json.loads(out)
+        assert statuses(doc) == {h.name: "ok" for h in hosts}, doc
+        for host in hosts:
+            assert ledger.lines(host.name) == [doc["run_id"]]
+    finally:
+        server.stop()
