@@ -6,10 +6,10 @@ Separate from the host-affinity registration (`fleet.affinity.Heartbeat`): that 
 ends as soon as a warm shutdown begins (no new host is routed here), while the worker
 still runs its hosts to their end; this one ends when the worker process does:
 Celery's ``worker_shutdown`` comes after a warm shutdown's running tasks are done, so
-the process then holds no host and its liveness is dropped. A cold shutdown sends no
-``worker_shutdown``; like a worker killed outright, frozen or cut off from Redis, it
-stops beating and counts as dead `ttl_s` seconds (``FLEET_WORKER_DEAD_AFTER``) after
-its last beat.
+the process then holds no host and its liveness is dropped. After a cold shutdown
+(whose cancelled tasks' hosts are still claimed) it is kept; like a worker killed
+outright, frozen or cut off from Redis, the process stops beating and counts as dead
+`ttl_s` seconds (``FLEET_WORKER_DEAD_AFTER``) after its last beat.
 """
 
 from __future__ import annotations

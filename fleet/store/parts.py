@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     import sqlite3  # annotations only: the Redis store does not load sqlite3
 
 
+def text(value: Any) -> str:
+    """A Redis reply as text, whether the client decodes responses or not (an invalid
+    UTF-8 byte becomes U+FFFD: what is read back from the store is untrusted)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class RedisPart:
     """A part of `fleet.store.redis_store.RedisRunStore`."""
 

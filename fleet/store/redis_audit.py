@@ -19,7 +19,7 @@ from typing import Any
 from fleet.audit import AuditEntry, decode_entries
 from fleet.settings import DEFAULTS
 from fleet.store import keys
-from fleet.store.parts import RedisPart
+from fleet.store.parts import RedisPart, text
 
 # KEYS[1] the audit stream. ARGV: retention seconds, the entry's JSON.
 APPEND_AUDIT_LUA = """
@@ -33,10 +33,6 @@ return id
 
 #: Entries asked of Redis at once while skipping unreadable ones.
 READ_BATCH = 500
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class RedisAudit(RedisPart):
@@ -68,9 +64,7 @@ class RedisAudit(RedisPart):
                 )
                 if not batch:
                     break
-                pairs = [
-                    (_text(entry_id), _text(_field(data, "entry"))) for entry_id, data in batch
-                ]
+                pairs = [(text(entry_id), text(_field(data, "entry"))) for entry_id, data in batch]
                 out += decode_entries(pairs)
                 high = f"({pairs[-1][0]}"  # exclusive: the next batch starts below it
         return out[:limit]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.store.parts import RedisPart
+from fleet.store.parts import RedisPart, text
 from fleet.store.protocol import PROCESS_ID, Holder
 from fleet.store.redis_start import NONCE_SEP
 
@@ -31,7 +31,8 @@ return tostring(now)
 
 # KEYS: the set. ARGV: seconds, the judge's member, seconds the judge's own time must
 # hold still. Members whose time passed, within the last ARGV[1] seconds (older ones
-# are dropped), the judge left out; nothing unless the judge's own time holds ARGV[3].
+# are dropped); nothing unless the judge's own time holds ARGV[3] more (the caller
+# leaves the judge out).
 DEAD_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -42,10 +43,6 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES')
 """
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _member(worker: str) -> str:
@@ -78,7 +75,7 @@ class RedisLiveness(RedisPart):
             now = self._beat_alive(
                 keys=[self._alive_key()], args=[_member(worker), ttl_s, KEY_TTL_S]
             )
-        return float(_text(now))
+        return float(text(now))
 
     def forget_alive(self, worker: str) -> None:
         with self._guard():
@@ -92,7 +89,7 @@ class RedisLiveness(RedisPart):
             flat = self._dead(keys=[self._alive_key()], args=args)
         # Lua returns a score as a string (RESP2 and RESP3 alike).
         pairs = zip(flat[::2], flat[1::2], strict=True)
-        dead = {_holder(_text(member)): float(_text(until)) for member, until in pairs}
+        dead = {_holder(text(member)): float(text(until)) for member, until in pairs}
         dead.pop((judge, PROCESS_ID), None)  # never itself: it is here, asking
         return dead
 
@@ -102,7 +99,7 @@ class RedisLiveness(RedisPart):
         with self._guard():
             values = self._client.mget([self._key("claim", run_id, h) for h in hosts])
         return {
-            host: _holder(_text(value))
+            host: _holder(text(value))
             for host, value in zip(hosts, values, strict=True)
             if value is not None
         }
