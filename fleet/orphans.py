@@ -104,6 +104,16 @@ def settle_orphans(
     return done
 
 
+def settle_run(
+    store: RunStore, run: RunRecord, *, sweeper: str, resume: Resume | None, hold_s: float
+) -> Orphaned | None:
+    """Finish `run` once every host has a result, or continue it (`resume`) once its
+    current batch has ended with a host recorded `lost`: what its chord callback would
+    have done, for a run whose chord cannot call it (`fleet.pool_loss`). As
+    `settle_orphans` for one run with no dead worker; raises what it raises."""
+    return _settle_run(store, run, {}, sweeper, resume, hold_s)
+
+
 def _settle_run(
     store: RunStore,
     run: RunRecord,

@@ -13,10 +13,11 @@ import logging
 import threading
 import time
 
-from fleet.errors import FleetError
+from fleet.errors import FleetError, RunNotFoundError
 from fleet.lifecycle import finalize_run
 from fleet.liveness import Liveness
-from fleet.orphans import Resume, settle_orphans
+from fleet.orphans import Orphaned, Resume, settle_orphans, settle_run
+from fleet.pool_loss import LossWatch, done_watching
 from fleet.store.protocol import Holder, RunStore
 from fleet.sweeps import one_run
 
@@ -44,8 +45,9 @@ def finalize_overdue(store: RunStore, now: float | None = None) -> list[str]:
 class Watchdog:
     """A daemon thread calling `finalize_overdue` every `interval_s` seconds and, with
     `liveness` (this worker's, `fleet.liveness.Liveness`), `settle_orphans` for the
-    hosts of workers found dead; `resume(run_id, batch, deadline)` sends the chord
-    callback of a rolling run's batch that a dead worker's host kept from ending."""
+    hosts of workers found dead, and `settle_run` for the runs in `losses` (a host lost
+    with a prefork pool process, `fleet.pool_loss`); `resume(run_id, batch, deadline)`
+    sends the chord callback of a rolling run's batch that a lost host kept from ending."""
 
     def __init__(
         self,
@@ -53,8 +55,10 @@ class Watchdog:
         interval_s: float,
         liveness: Liveness | None = None,
         resume: Resume | None = None,
+        losses: LossWatch | None = None,
     ) -> None:
         self._store = store
+        self._losses = losses
         self._interval_s = interval_s
         self._liveness = liveness
         self._resume = resume
@@ -80,6 +84,8 @@ class Watchdog:
                 log.exception("watchdog sweep failed")
             if self._liveness is not None:
                 self._sweep_orphans(self._liveness)
+                if self._losses is not None:
+                    self._settle_losses(self._liveness.worker, self._losses)
 
     def _sweep_orphans(self, liveness: Liveness) -> None:
         if not liveness.judging():
@@ -92,18 +98,33 @@ class Watchdog:
             for done in settle_orphans(
                 self._store, dead, sweeper=liveness.worker, resume=self._resume, hold_s=hold_s
             ):
-                if done.lost:
-                    log.warning(
-                        "run %s: %s recorded lost: the worker holding them stopped",
-                        done.run_id,
-                        ", ".join(done.lost),
-                    )
-                if done.resumed is not None:
-                    log.warning("run %s goes on after batch %d", done.run_id, done.resumed + 1)
+                _say(done)
         except FleetError as exc:
             log.warning("watchdog: orphaned hosts not settled: %s", exc)
         except Exception:
             log.exception("watchdog: orphaned hosts not settled")
+
+    def _settle_losses(self, worker: str, losses: LossWatch) -> None:
+        for run_id in losses.runs():
+            try:
+                with one_run(run_id, "not settled after a lost pool process"):
+                    run = self._store.get_run(run_id)
+                    if done_watching(run.finished_at is not None, run.deadline):
+                        losses.drop(run_id)
+                        continue
+                    done = settle_run(
+                        self._store,
+                        run,
+                        sweeper=worker,
+                        resume=self._resume,
+                        hold_s=3 * self._interval_s,
+                    )
+                    if done is not None:
+                        _say(done)
+            except RunNotFoundError:
+                losses.drop(run_id)
+            except FleetError as exc:  # the store restarting: the next round tries again
+                log.warning("watchdog: run %s not settled: %s", run_id, exc)
 
     def _confirmed(self, found: dict[Holder, float], beat_s: float) -> dict[Holder, float]:
         """The processes `found` dead at this sweep and at an earlier one at least two
@@ -118,3 +139,14 @@ class Watchdog:
         return {
             h: until for h, (until, first) in self._suspects.items() if now - first >= 2 * beat_s
         }
+
+
+def _say(done: Orphaned) -> None:
+    if done.lost:
+        log.warning(
+            "run %s: %s recorded lost: the worker holding them stopped",
+            done.run_id,
+            ", ".join(done.lost),
+        )
+    if done.resumed is not None:
+        log.warning("run %s goes on after batch %d", done.run_id, done.resumed + 1)

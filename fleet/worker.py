@@ -20,7 +20,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from celery.exceptions import WorkerLostError
 from celery.signals import (
+    task_failure,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -35,12 +37,14 @@ from fleet.errors import ConfigError, FleetError
 from fleet.execute import execute
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.pinning import pinned_host
+from fleet.pool_loss import LossWatch, record_pool_loss, task_target
 from fleet.results import HostResult
 from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
-from fleet.task_names import AGGREGATE
+from fleet.task_names import AGGREGATE, RUN_ON_HOST
+from fleet.textsafe import exception_line
 from fleet.trust import allowed_options, refusal, refused_result
 
 log = get_logger(__name__)
@@ -217,6 +221,7 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
 _heartbeat: Any = None
 _liveness: Any = None
 _cold = False
+_losses = LossWatch()
 
 
 def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
@@ -247,7 +252,27 @@ def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
             expires=datetime.fromtimestamp(deadline, UTC),
         )
 
-    Watchdog(store, settings.watchdog_interval, _liveness, resume).start()
+    Watchdog(store, settings.watchdog_interval, _liveness, resume, _losses).start()
+
+
+@task_failure.connect  # type: ignore[untyped-decorator]
+def _pool_process_lost(
+    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
+) -> None:
+    # Sent in a prefork worker's main process when the child running the task died
+    # (`fleet.pool_loss`); fleet's tasks never fail otherwise.
+    if getattr(sender, "name", None) != RUN_ON_HOST or not isinstance(exception, WorkerLostError):
+        return
+    target = task_target(args)
+    if target is None:
+        return
+    run_id, host, address = target
+    _losses.add(run_id)
+    try:
+        if record_pool_loss(worker_store(), run_id, host, address, exception_line(exception)):
+            log.warning("run %s: %s recorded lost: the pool process running it died", run_id, host)
+    except FleetError as exc:  # the store down: the host ends `lost` at the deadline
+        log.warning("run %s: %s not recorded lost: %s", run_id, host, exc)
 
 
 def _start_affinity(consumer: Any, store: RunStore) -> None:
