@@ -102,7 +102,11 @@ def wait_registered(env: Mapping[str, str], names: Sequence[str]) -> None:
 
 @contextlib.contextmanager
 def started_workers(
-    env: Mapping[str, str], names: Sequence[str], concurrency: int, log_dir: Path
+    env: Mapping[str, str],
+    names: Sequence[str],
+    concurrency: int,
+    log_dir: Path,
+    pool: str = "threads",
 ) -> Iterator[list[CeleryWorker]]:
     workers: list[CeleryWorker] = []
     try:
@@ -115,6 +119,7 @@ def started_workers(
                     concurrency=concurrency,
                     log_dir=log_dir,
                     ready_timeout=60.0,
+                    pool=pool,
                 )
             )
         wait_registered(env, names)
@@ -206,11 +211,12 @@ def cold_warm_pair(
     redis: RedisServer,
     fleet: SSHFleet,
     log_dir: Path,
+    pool: str = "threads",
 ) -> None:
     """Fresh workers, then `fleet cold` and `fleet warm` at once. Memory per pooled
     connection: the workers' RSS after the run minus right after start, over the
     connections they hold (each run opens N minus the reused ones; none is closed)."""
-    with started_workers(env, names, concurrency, log_dir) as workers:
+    with started_workers(env, names, concurrency, log_dir, pool) as workers:
         pids = [w.pid for w in workers]
         rss_start = rss_total_mib(pids)
         held = 0
@@ -258,6 +264,7 @@ def sleep_row(
     redis: RedisServer,
     fleet: SSHFleet,
     log_dir: Path,
+    pool: str = "threads",
 ) -> None:
     """`fleet warm sleep 1`: W new workers with a thread per host, one untimed
     `uptime` run to fill their pools, then `sleep 1` timed `repeat` times."""
@@ -265,7 +272,7 @@ def sleep_row(
     row.info.update(sleep_threads([h.name for h in fleet.hosts], names))
     row.info["workers"] = workers_count
     threads = row.info["threads_per_worker"]
-    with started_workers(env, names, threads, log_dir) as workers:
+    with started_workers(env, names, threads, log_dir, pool) as workers:
         pids = [w.pid for w in workers]
         rss_start = rss_total_mib(pids)
         _, fill = fleet_run(env, workers, n, redis.pid)

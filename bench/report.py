@@ -78,6 +78,7 @@ def summarize(
         "hosts": n,
         "workers": args.workers,
         "threads_per_worker": args.worker_concurrency,
+        "pool": args.pool,
         "concurrency": args.concurrency,
         "repeat": args.repeat,
         "kex": kex,
@@ -145,9 +146,10 @@ def _fleet_lines(row: Mapping[str, Any], n: int) -> list[str]:
 
 def render(result: Mapping[str, Any]) -> str:
     n = result["hosts"]
+    slots = "threads" if result["pool"] == "threads" else f"{result['pool']} greenlets"
     lines = [
         f"N={n} hosts; fleet: {result['workers']} workers x {result['threads_per_worker']} "
-        f"threads; openssh: xargs -P{result['concurrency']}; median of {result['repeat']}",
+        f"{slots}; openssh: xargs -P{result['concurrency']}; median of {result['repeat']}",
         f"kex: {result['kex']} (paramiko {result['kex_engine']}; "
         f"OpenSSH default would be {result['openssh_default_kex']})",
         f"{'':<34} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} {'wall x':>7} "

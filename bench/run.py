@@ -1,11 +1,12 @@
 """fleet vs OpenSSH on N real sshd hosts on loopback: wall time, CPU, worker memory.
 
     python bench/run.py [--hosts 50,200,2000] [--workers 2] [--concurrency 64]
-                        [--repeat 1] [--worker-concurrency K] [--no-sleep-row]
+                        [--repeat 1] [--worker-concurrency K] [--pool threads]
+                        [--no-sleep-row]
                         [--profile DIR] [--json]
 
-Per N: starts N sshd hosts, a private redis-server and W Celery workers (threads pool,
-harness `CeleryWorker`), then times in one invocation
+Per N: starts N sshd hosts, a private redis-server and W Celery workers (threads pool
+unless ``--pool``, harness `CeleryWorker`), then times in one invocation
 
 - ``openssh xargs -P64 (cold)``: ``xargs -P C ssh -o KexAlgorithms=<paramiko's kex> ...``
 - ``fleet cold``: ``python -m fleet run uptime --group web --json``, fresh workers
@@ -77,6 +78,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="threads per worker (default: concurrency / workers, rounded up)",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("threads", "gevent"),
+        default="threads",
+        help="the workers' Celery pool (-P); fleet worker's default is threads",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; median shown")
     parser.add_argument(
@@ -181,10 +188,22 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             rows[SSH_COLD].timings.append(timing)
             # Fresh workers per repeat (new names: no registration of the last set is reused).
             ws = [f"{name}r{r + 1}" for name in names]
-            cold_warm_pair(rows, env, ws, args.worker_concurrency, n, redis, fleet, tmp / "w")
+            cold_warm_pair(
+                rows, env, ws, args.worker_concurrency, n, redis, fleet, tmp / "w", args.pool
+            )
         if args.sleep_row:
             rows[FLEET_SLEEP] = Row()
-            sleep_row(rows[FLEET_SLEEP], env, args.workers, args.repeat, n, redis, fleet, tmp / "w")
+            sleep_row(
+                rows[FLEET_SLEEP],
+                env,
+                args.workers,
+                args.repeat,
+                n,
+                redis,
+                fleet,
+                tmp / "w",
+                args.pool,
+            )
         s0 = sshd_cpu(fleet)
         timing, failures = run_openssh(fleet, hosts, None, c)
         sshd_default = sshd_cpu(fleet) - s0
@@ -195,7 +214,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             ps = [f"{name}p" for name in names]
-            with started_workers(env, ps, args.worker_concurrency, tmp / "w") as workers:
+            with started_workers(env, ps, args.worker_concurrency, tmp / "w", args.pool) as workers:
                 for label in (FLEET_COLD, FLEET_WARM):
                     out = args.profile / f"worker-n{n}-{label.split()[1]}.txt"
                     with profiling(workers[0].pid, out):
