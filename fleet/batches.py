@@ -11,7 +11,7 @@ from fleet.command import ExecOptions
 from fleet.errors import FleetError
 from fleet.lifecycle import host_budget
 from fleet.results import HostResult, RunRecord, Status
-from fleet.rollout import BATCH_CLAIM, skipped_message
+from fleet.rollout import BATCH_CLAIM, fanout_scope, skipped_message
 from fleet.store.protocol import FINALIZER, RunStore, Slot
 
 #: A --fanout slot outlives its host's own limits by this much (seconds) before it frees
@@ -48,11 +48,6 @@ def owns_fanout_slot(slot: Slot, result: HostResult | None) -> bool:
     it (the earlier delivery died before claiming the host).
     """
     return slot is Slot.TAKEN or (slot is Slot.HELD and result is not None)
-
-
-def fanout_scope(run_id: str) -> str:
-    """The slot scope of a run's `--fanout` (`RunStore.take_slot`)."""
-    return f"fanout:{run_id}"
 
 
 def next_batch(store: RunStore, run_id: str, done: int, *, worker: str) -> int | None:

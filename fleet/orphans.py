@@ -108,10 +108,11 @@ def settle_run(
     store: RunStore, run: RunRecord, *, sweeper: str, resume: Resume | None, hold_s: float
 ) -> Orphaned | None:
     """Finish `run` once every host has a result, or continue it (`resume`) once its
-    current batch has ended with a host recorded `lost`: what its chord callback would
-    have done, for a run whose chord cannot call it (`fleet.pool_loss`). As
+    current batch has ended, whatever its hosts' statuses: what its chord callback would
+    have done, for a run whose chord cannot call it (a member failed: `fleet.pool_loss`;
+    a second sending of a callback that did come is harmless, as below). As
     `settle_orphans` for one run with no dead worker; raises what it raises."""
-    return _settle_run(store, run, {}, sweeper, resume, hold_s)
+    return _settle_run(store, run, {}, sweeper, resume, hold_s, any_status=True)
 
 
 def _settle_run(
@@ -121,6 +122,8 @@ def _settle_run(
     sweeper: str,
     resume: Resume | None,
     hold_s: float,
+    *,
+    any_status: bool = False,
 ) -> Orphaned | None:
     results = store.results(run.run_id)
     missing = [name for name in run.hosts if name not in results]
@@ -136,7 +139,7 @@ def _settle_run(
             if store.save_result(run.run_id, result.with_worker(worker)):
                 lost.append(name)  # else: the worker came back and recorded it first
         results = store.results(run.run_id)
-    batch = _batch_to_resume(store, run, results) if run.batches else None
+    batch = _batch_to_resume(store, run, results, any_status) if run.batches else None
     resumed = None
     if batch is not None and resume is not None:
         scope = RESUME_SCOPE.format(run.run_id, batch)
@@ -162,9 +165,12 @@ def _settle_run(
     return Orphaned(run.run_id, tuple(lost), resumed)
 
 
-def _batch_to_resume(store: RunStore, run: RunRecord, results: dict[str, HostResult]) -> int | None:
+def _batch_to_resume(
+    store: RunStore, run: RunRecord, results: dict[str, HostResult], any_status: bool
+) -> int | None:
     """The rolling run's current batch (the last one sent), if it has ended with a host
-    recorded `lost` (its chord cannot complete) and a batch follows it."""
+    recorded `lost` (its chord cannot complete; with `any_status`, whatever the
+    statuses) and a batch follows it."""
     later = [BATCH_CLAIM.format(k) for k in range(1, len(run.batches))]
     sent = store.claim_holders(run.run_id, later)
     current = 0
@@ -175,6 +181,6 @@ def _batch_to_resume(store: RunStore, run: RunRecord, results: dict[str, HostRes
     names = run.batches[current]
     if not all(name in results for name in names):
         return None
-    if not any(results[name].status is Status.LOST for name in names):
+    if not any_status and not any(results[name].status is Status.LOST for name in names):
         return None
     return current

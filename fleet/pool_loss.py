@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleet.results import HostResult, Status
+from fleet.rollout import fanout_scope
 from fleet.store.keys import is_valid_run_id
-from fleet.store.protocol import PROCESS_ID, RunStore
+from fleet.store.protocol import FINALIZER, PROCESS_ID, RunStore
 from fleet.textsafe import make_visible_line
 
 #: Seconds past a run's deadline it stays watched: by then `finalize_overdue` has ended it.
@@ -35,6 +36,11 @@ def pool_loss_message(worker: str, reason: str) -> str:
         f"its worker {worker} lost the pool process running it ({reason}): whether the "
         "command ran, or how far, is unknown"
     )
+
+
+def not_started_message(worker: str, reason: str) -> str:
+    """Why a host did not run: `worker`'s pool process died (`reason`) before starting it."""
+    return f"not started: its worker {worker} lost the pool process that had taken it ({reason})"
 
 
 def task_target(args: Any) -> tuple[str, str, str] | None:
@@ -51,19 +57,47 @@ def task_target(args: Any) -> tuple[str, str, str] | None:
     return run_id, host["name"], address if isinstance(address, str) else ""
 
 
-def record_pool_loss(store: RunStore, run_id: str, host: str, address: str, reason: str) -> bool:
-    """Record `host` `lost` when this process (a prefork parent, by `PROCESS_ID`) holds
-    its claim: a child of it took the host and died. True when recorded; False when
-    the host has a result already (first write wins) or is held by another process
-    (a copy of the message refused by the claim is not this host's run). Raises
-    `BackendError` when the store fails."""
+def record_pool_loss(
+    store: RunStore,
+    run_id: str,
+    host: str,
+    address: str,
+    *,
+    worker: str,
+    reason: str,
+    pid: int | None,
+) -> Status | None:
+    """Record what became of `host` when the pool process `pid` of this worker (node
+    name `worker`) died holding its task. Returns the status recorded, or None.
+
+    - The process had started the host (its claim names this worker's `PROCESS_ID` and
+      `pid`): `lost`, and the host's ``--fanout`` slot, which the dead process cannot
+      give back, is released.
+    - Nobody had started it (a start claims the host first): it is closed with the
+      run's finalizer claim, so that no later copy of its message starts it, and
+      recorded `error`, "not started".
+    - Otherwise (a result recorded already: first write wins; a claim of another
+      process, such as a copy of the message refused while a sibling pool process or
+      another worker runs the host; `pid` unknown): nothing, None.
+
+    Raises `BackendError` when the store fails."""
+    if pid is None:
+        return None
     holder = store.claim_holders(run_id, [host]).get(host)
-    if holder is None or holder[1] != PROCESS_ID:
-        return False
-    worker = holder[0]
-    message = pool_loss_message(worker, make_visible_line(reason)[:200])
-    result = HostResult.not_run(host, Status.LOST, message, address)
-    return store.save_result(run_id, result.with_worker(worker))
+    if holder is None:
+        if not store.claim_host(run_id, host, FINALIZER):
+            return None
+        text = not_started_message(worker, make_visible_line(reason)[:200])
+        status = Status.ERROR
+    elif holder[1] == PROCESS_ID and store.claim_pids(run_id, [host]).get(host) == pid:
+        text = pool_loss_message(holder[0], make_visible_line(reason)[:200])
+        status = Status.LOST
+    else:
+        return None
+    result = HostResult.not_run(host, status, text, address).with_worker(worker)
+    recorded = store.save_result(run_id, result)
+    store.release_slot(fanout_scope(run_id), host)  # nothing if the run has no --fanout
+    return status if recorded else None
 
 
 class LossWatch:

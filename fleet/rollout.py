@@ -105,6 +105,12 @@ class Rollout:
 #: names hold no control character), so a redelivered chord callback publishes a batch once.
 BATCH_CLAIM = "\x00batch:{}"
 
+
+def fanout_scope(run_id: str) -> str:
+    """The slot scope of a run's `--fanout` (`RunStore.take_slot`, `fleet.batches`)."""
+    return f"fanout:{run_id}"
+
+
 #: All at once, no budget, no fan-out limit.
 NO_ROLLOUT = Rollout()
 

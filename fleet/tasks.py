@@ -9,22 +9,18 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from celery.utils.log import get_logger
 
-from fleet.batches import (
-    abandon_rest,
-    fanout_scope,
-    next_batch,
-    owns_fanout_slot,
-    take_fanout_slot,
-)
+from fleet.batches import abandon_rest, next_batch, owns_fanout_slot, take_fanout_slot
 from fleet.canvas import publish_batch
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import AlreadyClaimed, finalize_run, run_host_job
 from fleet.results import HostResult
+from fleet.rollout import fanout_scope
 from fleet.store.protocol import Slot
 from fleet.task_names import AGGREGATE, RUN_ON_HOST
 from fleet.textsafe import exception_line
 from fleet.worker import (
+    PoolLossRequest,
     action_executor,
     exec_options,
     execute_allowed,
@@ -44,7 +40,8 @@ FANOUT_RETRY_MAX_S = 1.0
 # shared_task: registered on every fleet app (the worker's, and one made for explicit
 # settings by the Python API), not only the one built from the environment.
 # Ack timing and prefetch come from fleet.celery_config, per broker (a site cannot weaken them).
-@shared_task(name=RUN_ON_HOST, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+# Request: a host whose prefork pool process dies is recorded at once (fleet.pool_loss).
+@shared_task(name=RUN_ON_HOST, bind=True, max_retries=None, Request=PoolLossRequest)  # type: ignore[untyped-decorator]
 def run_on_host(
     self: Task,
     run_id: str,

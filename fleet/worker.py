@@ -20,9 +20,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import WorkerLostError
 from celery.signals import (
-    task_failure,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -30,6 +30,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 from celery.utils.log import get_logger
+from celery.worker.request import Request
 
 from fleet import celery_config, signing
 from fleet.command import ExecOptions
@@ -43,7 +44,7 @@ from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
-from fleet.task_names import AGGREGATE, RUN_ON_HOST
+from fleet.task_names import AGGREGATE
 from fleet.textsafe import exception_line
 from fleet.trust import allowed_options, refusal, refused_result
 
@@ -255,22 +256,45 @@ def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
     Watchdog(store, settings.watchdog_interval, _liveness, resume, _losses).start()
 
 
-@task_failure.connect  # type: ignore[untyped-decorator]
-def _pool_process_lost(
-    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
+class PoolLossRequest(Request):  # type: ignore[misc]  # celery ships no type hints
+    """Celery's request of a `fleet.run_on_host` task in the worker's main process
+    (``Task.Request``, Celery "Custom request classes"). When the prefork pool process
+    running it died (``WorkerLostError``), its host is recorded `lost` now
+    (`fleet.pool_loss`), by a thread: the main process's event loop must not wait on
+    the run store. fleet's tasks never fail otherwise."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        exc = getattr(exc_info, "exception", None)
+        if isinstance(exc, ExceptionWithTraceback):  # as Celery's own on_failure unwraps it
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError):
+            target = task_target(self.args)
+            if target is not None:
+                _losses.add(target[0])
+                reason = exception_line(exc)
+                args = (*target, str(self.hostname), reason, self.worker_pid)
+                threading.Thread(target=_record_loss, args=args, daemon=True).start()
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+
+def _record_loss(
+    run_id: str, host: str, address: str, worker: str, reason: str, pid: int | None
 ) -> None:
-    # Sent in a prefork worker's main process when the child running the task died
-    # (`fleet.pool_loss`); fleet's tasks never fail otherwise.
-    if getattr(sender, "name", None) != RUN_ON_HOST or not isinstance(exception, WorkerLostError):
-        return
-    target = task_target(args)
-    if target is None:
-        return
-    run_id, host, address = target
-    _losses.add(run_id)
     try:
-        if record_pool_loss(worker_store(), run_id, host, address, exception_line(exception)):
-            log.warning("run %s: %s recorded lost: the pool process running it died", run_id, host)
+        status = record_pool_loss(
+            worker_store(), run_id, host, address, worker=worker, reason=reason, pid=pid
+        )
+        if status is not None:
+            log.warning(
+                "run %s: %s recorded %s: the pool process that had taken it died",
+                run_id,
+                host,
+                status.value,
+            )
     except FleetError as exc:  # the store down: the host ends `lost` at the deadline
         log.warning("run %s: %s not recorded lost: %s", run_id, host, exc)
 

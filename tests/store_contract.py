@@ -7,6 +7,7 @@ fresh, empty store each call (closed by the fixture at teardown).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -145,6 +146,12 @@ class StoreContract:
         # The process that claimed it: this one where the store keeps it (Redis).
         assert process in ("", PROCESS_ID)
         assert store.claim_holders(run.run_id, []) == {}
+        # And its OS pid (a prefork pool process's own), where the store keeps it.
+        pids = store.claim_pids(run.run_id, ["web01", COLON_HOST])
+        assert pids in ({}, {"web01": os.getpid()}) and (pids == {}) == (process == "")
+        assert store.claim_holders(run.run_id, []) == {} == store.claim_pids(run.run_id, [])
+        store.claim_host(run.run_id, COLON_HOST, "w2@b")  # a claim that is no host's start
+        assert COLON_HOST not in store.claim_pids(run.run_id, [COLON_HOST])
 
     def test_claims_race_between_threads(self, started: tuple[RunStore, RunRecord]) -> None:
         store, run = started

@@ -273,6 +273,11 @@ class RunStore(Protocol):
         """Who holds the claim of each of `hosts` in the run, for the hosts claimed, in
         one round trip."""
 
+    def claim_pids(self, run_id: str, hosts: Sequence[str]) -> dict[str, int]:
+        """The OS pid of the process that started each of `hosts` in the run, for the
+        hosts started where the store keeps one (a prefork pool process's, not its
+        parent's: `fleet.pool_loss`), in one round trip."""
+
     def stage_env(self, run_id: str, values: Mapping[str, str], ttl_s: float) -> None:
         """Keep the run's `--env` values (NAME -> value) for the workers, out of every
         task message and of the run record, for `ttl_s` seconds (at most the retention)."""

@@ -57,8 +57,15 @@ def _holder(value: str) -> Holder:
     return worker, rest.split(".", 1)[0]
 
 
+def _pid(value: str) -> int | None:
+    """The pid in a host start's claim (`fleet.store.redis_start`), or None (another
+    claim, or one of a worker from before the pid was written)."""
+    parts = value.partition(NONCE_SEP)[2].split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 class RedisLiveness(RedisPart):
-    """`beat_alive`, `forget_alive`, `dead_workers` and `claim_holders` of the
+    """`beat_alive`, `forget_alive`, `dead_workers`, `claim_holders` and `claim_pids` of the
     `RunStore` protocol."""
 
     _prefix: str
@@ -94,12 +101,19 @@ class RedisLiveness(RedisPart):
         return dead
 
     def claim_holders(self, run_id: str, hosts: Sequence[str]) -> dict[str, Holder]:
+        return {host: _holder(value) for host, value in self._claims(run_id, hosts).items()}
+
+    def claim_pids(self, run_id: str, hosts: Sequence[str]) -> dict[str, int]:
+        pids = {host: _pid(value) for host, value in self._claims(run_id, hosts).items()}
+        return {host: pid for host, pid in pids.items() if pid is not None}
+
+    def _claims(self, run_id: str, hosts: Sequence[str]) -> dict[str, str]:
         if not hosts:
             return {}
         with self._guard():
             values = self._client.mget([self._key("claim", run_id, h) for h in hosts])
         return {
-            host: _holder(text(value))
+            host: text(value)
             for host, value in zip(hosts, values, strict=True)
             if value is not None
         }

@@ -4,7 +4,9 @@ claim, the run's liveness and the ``started`` progress event, which
 that order (the claim first: whoever holds it alone decides the host's fate).
 
 A claim's value is the claimer's name (a worker's, `FINALIZER`, ...) and a nonce per
-call (for a host's start: the worker process's `PROCESS_ID`, a dot, then the nonce):
+call (for a host's start: the worker process's `PROCESS_ID`, a dot, the OS pid of the
+process that took it (a prefork pool process has its parent's `PROCESS_ID`), a dot, then
+the nonce):
 when redis-py resends a call whose reply it lost (the store's retry policy, with the
 same arguments), the claim it finds is its own, and it goes on as the first attempt
 did, instead of reading "someone else's" and leaving a host (or a batch) that nobody
@@ -13,6 +15,7 @@ starts or reports.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -84,8 +87,9 @@ class RedisStart(RedisPart):
         return bool(int(taken))
 
     def start_host(self, run_id: str, host: str, worker: str, now: float) -> str:
-        # The nonce names this process first: `claim_holders` reads it back.
-        return self._start(run_id, host, worker, now, f"{PROCESS_ID}.{uuid.uuid4().hex}")
+        # The nonce names this process first (`claim_holders`), then its pid (`claim_pids`).
+        nonce = f"{PROCESS_ID}.{os.getpid()}.{uuid.uuid4().hex}"
+        return self._start(run_id, host, worker, now, nonce)
 
     def _start(self, run_id: str, host: str, worker: str, now: float, nonce: str) -> str:
         if self._start_host is None:

@@ -16,7 +16,7 @@ from fleet.store.protocol import Holder
 
 
 class SqliteClaims(SqlitePart):
-    """`claim_host`, `claim_holder`, `claim_holders`, `beat_alive`, `forget_alive` and
+    """`claim_host`, `claim_holder`, `claim_holders`, `claim_pids`, `beat_alive`, `forget_alive` and
     `dead_workers` of the `RunStore` protocol."""
 
     def claim_host(self, run_id: str, host: str, worker: str) -> bool:
@@ -39,6 +39,9 @@ class SqliteClaims(SqlitePart):
         with self._guard(), self._lock:
             rows = self._conn.execute(query, (run_id,)).fetchall()
         return {str(host): (str(worker), "") for host, worker in rows if host in wanted}
+
+    def claim_pids(self, run_id: str, hosts: Sequence[str]) -> dict[str, int]:
+        return {}  # embedded mode: one process, no pool processes
 
     def beat_alive(self, worker: str, ttl_s: float) -> float:
         return time.time()

@@ -107,7 +107,7 @@ def test_a_host_whose_pool_process_died_ends_lost_in_seconds(
     assert "SIGKILL" in result["error"], result
     assert killed.proc.returncode == 1
     assert ledger.lines(killed.names[0]) == [doc["run_id"]]
-    assert "recorded lost: the pool process running it died" in killed.worker.log_text()
+    assert "recorded lost: the pool process that had taken it died" in killed.worker.log_text()
 
 
 def test_a_rolling_run_goes_on_after_a_pool_process_died(
@@ -120,6 +120,17 @@ def test_a_rolling_run_goes_on_after_a_pool_process_died(
     doc = killed.report()
     first, second, third = killed.names
     assert statuses(doc) == {first: "lost", second: "ok", third: "ok"}, doc
+    for name in killed.names:
+        assert ledger.lines(name) == [doc["run_id"]]
+
+
+def test_its_fanout_slot_is_given_back(kill_run: Callable[..., Killed], ledger: Ledger) -> None:
+    """`--fanout 1`: the dead process cannot give its host's slot back; unless the loss
+    does, the next host waits for the slot's own expiry (the host's timeouts, minutes)."""
+    killed = kill_run(2, "--fanout", "1")
+    doc = killed.report()
+    first, second = killed.names
+    assert statuses(doc) == {first: "lost", second: "ok"}, doc
     for name in killed.names:
         assert ledger.lines(name) == [doc["run_id"]]
 

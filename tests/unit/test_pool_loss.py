@@ -5,6 +5,7 @@ tests/integration/test_pool_loss.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,19 +69,41 @@ def test_the_message_names_the_worker_and_the_reason() -> None:
     assert text.endswith("whether the command ran, or how far, is unknown")
 
 
+def loss(store: SqliteRunStore, host: str = "web01", pid: int | None = 1234) -> Status | None:
+    return record_pool_loss(
+        store, "r1", host, "10.0.0.1", worker="w1@a", reason="signal 9 (SIGKILL)", pid=pid
+    )
+
+
 def test_a_host_whose_claim_names_no_process_of_ours_is_not_recorded(
     store: SqliteRunStore,
 ) -> None:
     # SQLite claims name no process (""): never this process's, so never recorded here.
     make_run(store)
     started(store, "web01", "w1@a")
-    assert record_pool_loss(store, "r1", "web01", "10.0.0.1", "signal 9") is False
+    assert loss(store) is None
     assert store.results("r1") == {}
 
 
-def test_a_host_nobody_claimed_is_not_recorded(store: SqliteRunStore) -> None:
+def test_a_host_nobody_started_is_closed_and_recorded_not_started(
+    store: SqliteRunStore,
+) -> None:
     make_run(store)
-    assert record_pool_loss(store, "r1", "web01", "10.0.0.1", "signal 9") is False
+    assert loss(store) is Status.ERROR
+    result = store.results("r1")["web01"]
+    assert result.error == (
+        "not started: its worker w1@a lost the pool process that had taken it (signal 9 (SIGKILL))"
+    )
+    assert result.worker == "w1@a"
+    # Closed: a later copy of its message finds it so and does not start it.
+    assert store.start_host("r1", "web01", "w2@b", time.time()) == "closed"
+    assert loss(store) is None  # a second word on it changes nothing
+
+
+def test_without_the_pool_process_pid_nothing_is_recorded(store: SqliteRunStore) -> None:
+    make_run(store)
+    assert loss(store, pid=None) is None
+    assert store.results("r1") == {}
 
 
 def test_the_watch_keeps_each_run_once_until_dropped() -> None:
@@ -138,4 +161,17 @@ def test_a_rolling_run_goes_on_once_the_batch_with_the_lost_host_has_ended(
     assert resume.calls == [("r1", 0)]
     # The next round, the slot is held: the batch is not sent again.
     assert settle_run(store, run, sweeper="w2@b", resume=resume, hold_s=5) is None
+    assert resume.calls == [("r1", 0)]
+
+
+def test_a_rolling_run_goes_on_also_when_the_lost_process_had_recorded_its_host(
+    store: SqliteRunStore,
+) -> None:
+    # The pool process saved the host's result, then died before Celery heard of it:
+    # the chord member failed all the same, and no callback comes.
+    run = make_run(store, batches=(("web01", "web02"), ("web03", "web04")))
+    ok(store, "web01")
+    ok(store, "web02")
+    resume = Resumer()
+    assert settle_run(store, run, sweeper="w2@b", resume=resume, hold_s=5) is not None
     assert resume.calls == [("r1", 0)]
