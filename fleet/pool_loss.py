@@ -1,9 +1,10 @@
 """A host whose prefork pool process died while it ran the host (the kernel's OOM
-killer, a crash in a C extension, a SIGKILL), recorded `lost` at once by the worker's
-main process instead of at the run's deadline.
+killer, a crash in a C extension, a SIGKILL, Celery's hard ``--time-limit``), recorded
+`lost` at once by the worker's main process instead of at the run's deadline.
 
-Celery's main process sees the child exit and fails its task with ``WorkerLostError``,
-sending ``task_failure`` there (``celery.worker.request.Request.on_failure``). The
+Celery's main process sees the child exit and fails its task with ``WorkerLostError``
+(``celery.worker.request.Request.on_failure``), or kills it at a hard time limit
+(``Request.on_timeout``); `fleet.worker.PoolLossRequest` hooks both. The
 dead-worker sweep (`fleet.orphans`) cannot see this death: the child's claims carry its
 parent's `PROCESS_ID` (taken at import, before the fork), and the parent beats on.
 The failed member also keeps the chord from calling its callback (Celery's Redis

@@ -259,9 +259,10 @@ def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
 class PoolLossRequest(Request):  # type: ignore[misc]  # celery ships no type hints
     """Celery's request of a `fleet.run_on_host` task in the worker's main process
     (``Task.Request``, Celery "Custom request classes"). When the prefork pool process
-    running it died (``WorkerLostError``), its host is recorded `lost` now
-    (`fleet.pool_loss`), by a thread: the main process's event loop must not wait on
-    the run store. fleet's tasks never fail otherwise."""
+    running it died (``WorkerLostError``) or was ended by a hard time limit
+    (``--time-limit``), its host is recorded now (`fleet.pool_loss`), by a thread: the
+    main process's event loop must not wait on the run store. fleet's tasks never fail
+    otherwise."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -270,15 +271,22 @@ class PoolLossRequest(Request):  # type: ignore[misc]  # celery ships no type hi
         if isinstance(exc, ExceptionWithTraceback):  # as Celery's own on_failure unwraps it
             exc = exc.exc
         if isinstance(exc, WorkerLostError):
-            target = task_target(self.args)
-            if target is not None:
-                _losses.add(target[0])
-                reason = exception_line(exc)
-                args = (*target, str(self.hostname), reason, self.worker_pid)
-                threading.Thread(target=_record_loss, args=args, daemon=True).start()
+            self._note_loss(exception_line(exc))
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
+
+    def on_timeout(self, soft: bool, timeout: float) -> Any:
+        if not soft:  # the pool process is killed; a soft limit only raises in it
+            self._note_loss(f"Celery's hard time limit of {timeout} s")
+        return super().on_timeout(soft, timeout)
+
+    def _note_loss(self, reason: str) -> None:
+        target = task_target(self.args)
+        if target is not None:
+            _losses.add(target[0])
+            args = (*target, str(self.hostname), reason, self.worker_pid)
+            threading.Thread(target=_record_loss, args=args, daemon=True).start()
 
 
 def _record_loss(

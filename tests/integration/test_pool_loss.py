@@ -70,16 +70,24 @@ def kill_run(
     first one's command sleeps `SLOW` s (the later ones return at once), a prefork
     worker with one pool process; SIGKILL that process once the first host runs.
     `broker`: a RabbitMQ URL (results and the run store stay in Redis); `detach`:
-    Ctrl-C the CLI before the kill, so nobody follows the run."""
+    Ctrl-C the CLI before the kill, so nobody follows the run; `time_limit`: the
+    worker's ``--time-limit`` (seconds), which kills the process instead."""
     env = fleet_env(fresh_redis.url, ssh_fleet.known_hosts, tmp_path / "home")
     env["FLEET_WATCHDOG_INTERVAL"] = "0.5"
 
-    def kill(count: int, *extra: str, broker: str | None = None, detach: bool = False) -> Killed:
+    def kill(
+        count: int,
+        *extra: str,
+        broker: str | None = None,
+        detach: bool = False,
+        time_limit: int | None = None,
+    ) -> Killed:
         if broker is not None:
             env["FLEET_BROKER_URL"] = broker
         hosts = ssh_fleet.hosts[:count]
         cli = FleetCLI(ssh_fleet.write_inventory(tmp_path / "inv.yaml", hosts=hosts), env)
-        worker = start_worker(name="p", concurrency=1, env=env, pool="prefork")
+        limit = ["--time-limit", str(time_limit)] if time_limit else []
+        worker = start_worker(name="p", concurrency=1, env=env, pool="prefork", extra_args=limit)
         (child,) = _children(worker.pid)
         marker = tmp_path / "first-started"
         command = ledger.command(f"if mkdir {marker} 2>/dev/null; then sleep {SLOW}; fi; echo ok")
@@ -89,7 +97,8 @@ def kill_run(
         if detach:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=30)
-        os.kill(child, signal.SIGKILL)
+        if not time_limit:  # else Celery's hard time limit kills it
+            os.kill(child, signal.SIGKILL)
         return Killed(cli, proc, worker, [h.name for h in hosts], time.monotonic())
 
     return kill
@@ -131,6 +140,19 @@ def test_its_fanout_slot_is_given_back(kill_run: Callable[..., Killed], ledger: 
     doc = killed.report()
     first, second = killed.names
     assert statuses(doc) == {first: "lost", second: "ok"}, doc
+    for name in killed.names:
+        assert ledger.lines(name) == [doc["run_id"]]
+
+
+def test_a_hard_time_limit_is_a_loss_too(kill_run: Callable[..., Killed], ledger: Ledger) -> None:
+    """A worker started with Celery's ``--time-limit``: the pool process running the host
+    past it is killed by the worker itself, and the host is recorded the same way."""
+    killed = kill_run(2, "--batch", "1", time_limit=3)
+    doc = killed.report()
+    first, second = killed.names
+    assert statuses(doc) == {first: "lost", second: "ok"}, doc
+    (lost,) = [r for r in doc["results"] if r["host"] == first]
+    assert "hard time limit of 3" in lost["error"], lost
     for name in killed.names:
         assert ledger.lines(name) == [doc["run_id"]]
 
