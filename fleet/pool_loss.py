@@ -4,7 +4,7 @@ killer, a crash in a C extension, a SIGKILL, Celery's hard ``--time-limit``), re
 
 Celery's main process sees the child exit and fails its task with ``WorkerLostError``
 (``celery.worker.request.Request.on_failure``), or kills it at a hard time limit
-(``Request.on_timeout``); `fleet.worker.PoolLossRequest` hooks both. The
+(``Request.on_timeout``); `fleet.pool_request.PoolLossRequest` hooks both. The
 dead-worker sweep (`fleet.orphans`) cannot see this death: the child's claims carry its
 parent's `PROCESS_ID` (taken at import, before the fork), and the parent beats on.
 The failed member also keeps the chord from calling its callback (Celery's Redis
@@ -121,6 +121,11 @@ class LossWatch:
     def drop(self, run_id: str) -> None:
         with self._lock:
             self._runs.discard(run_id)
+
+
+#: This process's runs that lost a host with a pool process (a prefork worker's main
+#: process adds, its watchdog settles).
+LOSSES = LossWatch()
 
 
 def done_watching(finished: bool, deadline: float, now: float | None = None) -> bool:

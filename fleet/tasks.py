@@ -14,13 +14,13 @@ from fleet.canvas import publish_batch
 from fleet.errors import BackendError
 from fleet.inventory.hosts import Host
 from fleet.lifecycle import AlreadyClaimed, finalize_run, run_host_job
+from fleet.pool_request import PoolLossRequest
 from fleet.results import HostResult
 from fleet.rollout import fanout_scope
 from fleet.store.protocol import Slot
 from fleet.task_names import AGGREGATE, RUN_ON_HOST
 from fleet.textsafe import exception_line
 from fleet.worker import (
-    PoolLossRequest,
     action_executor,
     exec_options,
     execute_allowed,

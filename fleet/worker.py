@@ -20,8 +20,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from billiard.einfo import ExceptionWithTraceback
-from celery.exceptions import WorkerLostError
 from celery.signals import (
     worker_init,
     worker_process_init,
@@ -30,22 +28,19 @@ from celery.signals import (
     worker_shutting_down,
 )
 from celery.utils.log import get_logger
-from celery.worker.request import Request
 
-from fleet import celery_config, signing
+from fleet import celery_config, pool_loss, signing
 from fleet.command import ExecOptions
 from fleet.errors import ConfigError, FleetError
 from fleet.execute import execute
 from fleet.inventory.hosts import DEFAULT_QUEUE, Host
 from fleet.pinning import pinned_host
-from fleet.pool_loss import LossWatch, record_pool_loss, task_target
 from fleet.results import HostResult
 from fleet.runenv import env_from_refusal, resolve_env_from
 from fleet.settings import Settings
 from fleet.store import open_store
 from fleet.store.protocol import RunStore
 from fleet.task_names import AGGREGATE
-from fleet.textsafe import exception_line
 from fleet.trust import allowed_options, refusal, refused_result
 
 log = get_logger(__name__)
@@ -222,7 +217,6 @@ def _at_ready(sender: Any = None, **_: Any) -> None:
 _heartbeat: Any = None
 _liveness: Any = None
 _cold = False
-_losses = LossWatch()
 
 
 def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
@@ -253,58 +247,7 @@ def _start_watchdog(consumer: Any, store: RunStore, settings: Settings) -> None:
             expires=datetime.fromtimestamp(deadline, UTC),
         )
 
-    Watchdog(store, settings.watchdog_interval, _liveness, resume, _losses).start()
-
-
-class PoolLossRequest(Request):  # type: ignore[misc]  # celery ships no type hints
-    """Celery's request of a `fleet.run_on_host` task in the worker's main process
-    (``Task.Request``, Celery "Custom request classes"). When the prefork pool process
-    running it died (``WorkerLostError``) or was ended by a hard time limit
-    (``--time-limit``), its host is recorded now (`fleet.pool_loss`), by a thread: the
-    main process's event loop must not wait on the run store. fleet's tasks never fail
-    otherwise."""
-
-    def on_failure(
-        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
-    ) -> Any:
-        exc = getattr(exc_info, "exception", None)
-        if isinstance(exc, ExceptionWithTraceback):  # as Celery's own on_failure unwraps it
-            exc = exc.exc
-        if isinstance(exc, WorkerLostError):
-            self._note_loss(exception_line(exc))
-        return super().on_failure(
-            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
-        )
-
-    def on_timeout(self, soft: bool, timeout: float) -> Any:
-        if not soft:  # the pool process is killed; a soft limit only raises in it
-            self._note_loss(f"Celery's hard time limit of {timeout} s")
-        return super().on_timeout(soft, timeout)
-
-    def _note_loss(self, reason: str) -> None:
-        target = task_target(self.args)
-        if target is not None:
-            _losses.add(target[0])
-            args = (*target, str(self.hostname), reason, self.worker_pid)
-            threading.Thread(target=_record_loss, args=args, daemon=True).start()
-
-
-def _record_loss(
-    run_id: str, host: str, address: str, worker: str, reason: str, pid: int | None
-) -> None:
-    try:
-        status = record_pool_loss(
-            worker_store(), run_id, host, address, worker=worker, reason=reason, pid=pid
-        )
-        if status is not None:
-            log.warning(
-                "run %s: %s recorded %s: the pool process that had taken it died",
-                run_id,
-                host,
-                status.value,
-            )
-    except FleetError as exc:  # the store down: the host ends `lost` at the deadline
-        log.warning("run %s: %s not recorded lost: %s", run_id, host, exc)
+    Watchdog(store, settings.watchdog_interval, _liveness, resume, pool_loss.LOSSES).start()
 
 
 def _start_affinity(consumer: Any, store: RunStore) -> None:

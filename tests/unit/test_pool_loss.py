@@ -175,3 +175,24 @@ def test_a_rolling_run_goes_on_also_when_the_lost_process_had_recorded_its_host(
     resume = Resumer()
     assert settle_run(store, run, sweeper="w2@b", resume=resume, hold_s=5) is not None
     assert resume.calls == [("r1", 0)]
+
+
+def test_only_a_prefork_worker_records_pool_losses() -> None:
+    # Elsewhere a request's `worker_pid` is the worker's own pid (threads) or a
+    # greenlet's id: it cannot tell which delivery held a host.
+    from types import SimpleNamespace
+
+    from celery.concurrency.prefork import TaskPool as Prefork
+    from celery.concurrency.thread import TaskPool as Threads
+
+    from fleet import pool_request
+
+    try:
+        pool_request._note_pool(SimpleNamespace(controller=SimpleNamespace(pool_cls=Prefork)))
+        assert pool_request._prefork is True
+        pool_request._note_pool(SimpleNamespace(controller=SimpleNamespace(pool_cls=Threads)))
+        assert pool_request._prefork is False
+        pool_request._note_pool(SimpleNamespace(pool_cls="prefork"))  # not resolved: no
+        assert pool_request._prefork is False
+    finally:
+        pool_request._prefork = False
