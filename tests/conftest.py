@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
+
+# A test command started in the background by a non-interactive shell (`./.ci/run &`)
+# inherits SIGINT ignored, and so would every CLI the tests start: a Python program
+# keeps an inherited SIG_IGN, rightly (nohup's convention), and the Ctrl-C tests would
+# send it in vain. A handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
