@@ -127,7 +127,7 @@ def _settle_run(
 ) -> Orphaned | None:
     results = store.results(run.run_id)
     missing = [name for name in run.hosts if name not in results]
-    holders = store.claim_holders(run.run_id, missing)
+    holders = store.claim_holders(run.run_id, missing) if dead else {}  # none to find
     orphans = [name for name in missing if holders.get(name) in dead]
     lost: list[str] = []
     if orphans:
