@@ -107,6 +107,7 @@ def started_workers(
     concurrency: int,
     log_dir: Path,
     pool: str = "threads",
+    app: str = "fleet",
 ) -> Iterator[list[CeleryWorker]]:
     workers: list[CeleryWorker] = []
     try:
@@ -120,6 +121,7 @@ def started_workers(
                     log_dir=log_dir,
                     ready_timeout=60.0,
                     pool=pool,
+                    app=app,
                 )
             )
         wait_registered(env, names)

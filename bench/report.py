@@ -19,9 +19,15 @@ from bench.fleetrows import (
     SLOT_MARGIN,
     Row,
 )
+from bench.floor import FLOOR_CELERY, FLOOR_COLD, FLOOR_SLEEP, FLOOR_WARM
 
 SSH_COLD = "openssh xargs -P{c} (cold)"
 SSH_DEFAULT = "openssh xargs -P{c} (default kex)"
+
+
+COMMANDS = {FLEET_SLEEP: "sleep 1", FLOOR_SLEEP: "sleep 1", FLOOR_CELERY: "no-op"}
+#: Each fleet row and the floor of its kind (bench/floor.py).
+FLOOR_OF = {FLEET_COLD: FLOOR_COLD, FLEET_WARM: FLOOR_WARM, FLEET_SLEEP: FLOOR_SLEEP}
 
 
 def _median(values: Sequence[float]) -> float:
@@ -52,7 +58,7 @@ def summarize(
         cpu = _median([t.cpu for t in timings])
         row: dict[str, Any] = {
             "row": label.format(c=args.concurrency),
-            "command": "sleep 1" if label == FLEET_SLEEP else "uptime",
+            "command": COMMANDS.get(label, "uptime"),
             "wall_s": wall,
             "wall_s_all": [t.wall for t in timings],
             "hosts_per_s": n / wall,
@@ -63,7 +69,7 @@ def summarize(
             "sshd_cpu_s_per_host": _median(data.sshd) / n,
             "box_busy_pct": 100 * _median([t.detail.get("box_busy", 0.0) for t in timings]),
         }
-        if label.startswith("fleet"):
+        if label.startswith("fleet") or label == FLOOR_CELERY:
             for part in ("cli", "worker", "redis"):
                 row[f"{part}_cpu_s"] = _median([t.detail[f"{part}_cpu"] for t in timings])
             for name, values in data.figures.items():
@@ -172,8 +178,45 @@ def render(result: Mapping[str, Any]) -> str:
             f"{row['box_busy_pct']:>7.0f}%"
         )
     for row in result["rows"]:
-        if "fleet_cpu_ms_per_host" in row:
+        if row["row"] == FLOOR_CELERY:
+            lines += _celery_floor_lines(row, n)
+        elif "fleet_cpu_ms_per_host" in row:
             lines += _fleet_lines(row, n)
+    lines += _floor_lines(result["rows"])
     for label, path in result["profiles"].items():
         lines.append(f"  py-spy {label}: {path}")
     return "\n".join(lines)
+
+
+def _celery_floor_lines(row: Mapping[str, Any], n: int) -> list[str]:
+    top = ", ".join(f"{name} {calls}" for name, calls in row["redis_top"][:6])
+    return [
+        f"  {row['row']}: CPU submitter {row['cli_cpu_s']:.2f} s + workers "
+        f"{row['worker_cpu_s']:.2f} s + redis {row['redis_cpu_s']:.2f} s = "
+        f"{row['fleet_cpu_ms_per_host']:.1f} ms/host; publish to callback result "
+        f"{row['wall_s']:.2f} s (submitter already up); redis commands/host "
+        f"{row['redis_commands_per_host']:.1f} ({top})",
+    ]
+
+
+def _floor_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each fleet row against the floor of its kind: the wall fleet adds, and the best
+    ratio to OpenSSH the part alone reaches on this box."""
+    by_label = {row["row"]: row for row in rows}
+    lines = []
+    for fleet_label, floor_label in FLOOR_OF.items():
+        fleet_row, floor_row = by_label.get(fleet_label), by_label.get(floor_label)
+        if fleet_row is None or floor_row is None:
+            continue
+        gap = fleet_row["wall_s"] - floor_row["wall_s"]
+        cpu_gap = (fleet_row["cpu_s_per_host"] - floor_row["cpu_s_per_host"]) * 1000
+        if floor_row["command"] == "uptime":
+            ratio = floor_row["wall_ratio_vs_openssh_cold"]
+            reach = f"{ratio:.2f}x OpenSSH, OpenSSH/floor {1 / ratio:.2f}x"
+        else:
+            reach = f"{floor_row['wall_s']:.2f} s"
+        lines.append(
+            f"  {floor_label}: {reach}; {fleet_label} adds {gap:+.2f} s of wall "
+            f"and {cpu_gap:+.1f} ms/host of CPU (CLI, workers; Redis not counted)"
+        )
+    return lines

@@ -2,7 +2,7 @@
 
     python bench/run.py [--hosts 50,200,2000] [--workers 2] [--concurrency 64]
                         [--repeat 1] [--worker-concurrency K] [--pool threads]
-                        [--no-sleep-row]
+                        [--no-sleep-row] [--no-floor]
                         [--profile DIR] [--json]
 
 Per N: starts N sshd hosts, a private redis-server and W Celery workers (threads pool
@@ -13,6 +13,8 @@ unless ``--pool``, harness `CeleryWorker`), then times in one invocation
 - ``fleet warm``: the same command again at once (pooled connections reused)
 - ``fleet warm sleep 1``: ``sleep 1`` on warm connections, W new workers with a thread
   for every host (after one untimed ``uptime`` run filling their pools)
+- ``paramiko floor cold|warm|sleep 1``, ``celery floor no-op``: each part alone
+  (bench/floor.py; skip with ``--no-floor``)
 - ``openssh default kex``: the baseline with OpenSSH's own kex choice (informative)
 
 It asserts nothing about time. Any host not ``ok`` makes it print the failures and exit 1.
@@ -51,6 +53,14 @@ from bench.fleetrows import (  # noqa: E402
     fleet_run,
     sleep_row,
     started_workers,
+)
+from bench.floor import (  # noqa: E402
+    FLOOR_CELERY,
+    FLOOR_COLD,
+    FLOOR_SLEEP,
+    FLOOR_WARM,
+    celery_floor,
+    ssh_floor,
 )
 from bench.measure import (  # noqa: E402
     negotiated_kex,
@@ -98,6 +108,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="sleep_row",
         action="store_false",
         help="skip the `fleet warm sleep 1` row (its own workers, a thread per host)",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor rows (paramiko alone; fleet's Celery with a no-op task)",
     )
     parser.add_argument("--json", action="store_true", help="print figures as JSON")
     args = parser.parse_args(argv)
@@ -201,6 +217,22 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 n,
                 redis,
                 fleet,
+                tmp / "w",
+                args.pool,
+            )
+        if args.floor:
+            for label in (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY):
+                rows[label] = Row()
+            for _ in range(args.repeat):
+                ssh_floor(rows, fleet, args.workers, c, env, tmp)
+            celery_floor(
+                rows[FLOOR_CELERY],
+                env,
+                [f"{name}f" for name in names],
+                args.worker_concurrency,
+                n,
+                redis,
+                args.repeat,
                 tmp / "w",
                 args.pool,
             )

@@ -36,7 +36,8 @@ class CeleryWorker:
 
     By default fleet is imported from this checkout (on PYTHONPATH, run from the repo);
     `python` (another interpreter, e.g. a clean venv's) with `from_checkout=False` runs
-    the fleet installed there instead, from `cwd`. No prefetch flag is passed: the
+    the fleet installed there instead, from `cwd`. `app`: the module ``-A`` names (the
+    bench's no-op floor runs fleet's app with one more task). No prefetch flag is passed: the
     worker runs with what fleet's own Celery settings say, as a user's would.
     """
 
@@ -53,6 +54,7 @@ class CeleryWorker:
         python: str = sys.executable,
         cwd: Path = REPO_ROOT,
         from_checkout: bool = True,
+        app: str = "fleet",
     ) -> None:
         self.name = name or f"w{next(_names)}"
         self.node_name = f"{self.name}@testnode"
@@ -70,7 +72,7 @@ class CeleryWorker:
         full_env.update(env)
         self.env = full_env
         argv = [
-            python, "-m", "celery", "-A", "fleet", "worker",
+            python, "-m", "celery", "-A", app, "worker",
             "-n", self.node_name,
             "-Q", ",".join(self.queues),
             "-c", str(concurrency),

@@ -1,0 +1,193 @@
+"""The floors of bench/run.py: what this box gives the two parts fleet is made of, each
+alone, measured beside fleet in the same invocation.
+
+- ``paramiko floor cold|warm|sleep 1`` (bench/floor_ssh.py): W long-lived processes
+  (one per fleet worker) with paramiko and threads only: connect and ``uptime`` (C at
+  once over all of them, as fleet's slots), ``uptime`` again on the live connections,
+  ``sleep 1`` on every live connection at once. No CLI, Celery, Redis or fleet code.
+- ``celery floor no-op`` (bench/floor_celery.py): fleet's own workers and publish path
+  with a task that does nothing, from a submitter that is already up: one Celery task
+  per host and the chord, with no SSH, no run store and no CLI start-up.
+
+A fleet row cannot go below the floor of its kind; the gap between them is what fleet
+adds (its CLI, its store, and Celery where it is not in the floor).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from bench.fleetrows import BenchFailure, Row, started_workers
+from bench.measure import (
+    Timing,
+    box_ticks,
+    busy_share,
+    redis_commands,
+    redis_reset_stats,
+    sshd_cpu,
+    tree_cpu,
+    tree_rss_mib,
+)
+from tests.harness.redis_server import RedisServer
+from tests.harness.sshd import SSHFleet
+
+HERE = Path(__file__).resolve().parent
+FLOOR_COLD = "paramiko floor cold"
+FLOOR_WARM = "paramiko floor warm"
+FLOOR_SLEEP = "paramiko floor sleep 1"
+FLOOR_CELERY = "celery floor no-op"
+FLOOR_ROWS = (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY)
+PHASES = {FLOOR_COLD: "cold", FLOOR_WARM: "warm", FLOOR_SLEEP: "sleep"}
+READY_TIMEOUT_S = 60.0
+
+
+def _ask(procs: Sequence[subprocess.Popen[str]], line: str) -> list[dict[str, Any]]:
+    """Send `line` to every child, then read one JSON answer from each."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+    answers = []
+    for proc in procs:
+        answers.append(json.loads(_readline(proc)))
+    return answers
+
+
+def _readline(proc: subprocess.Popen[str]) -> str:
+    stdout: IO[str] | None = proc.stdout
+    assert stdout is not None
+    line = stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise BenchFailure(f"floor process exited {proc.wait()}: {err[-2000:]}")
+    return line
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else dict(env),
+        cwd=HERE.parent,
+    )
+    if _readline(proc).strip() != "ready":
+        raise BenchFailure(f"floor process {argv[1]} did not start")
+    return proc
+
+
+def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        try:
+            if proc.stdin is not None:
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+            proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+def ssh_floor(
+    rows: Mapping[str, Row],
+    fleet: SSHFleet,
+    processes: int,
+    concurrency: int,
+    env: Mapping[str, str],
+    tmp: Path,
+) -> None:
+    """One cold, warm and ``sleep 1`` phase of the paramiko floor into `rows`, from
+    `processes` new processes with ``concurrency / processes`` threads each."""
+    hosts = fleet.hosts
+    shares = [hosts[k::processes] for k in range(processes)]
+    threads = -(-concurrency // processes)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for k, share in enumerate(shares):
+            spec = tmp / f"floor-ssh-{k}.json"
+            spec.write_text(
+                json.dumps(
+                    {
+                        "user": fleet.user,
+                        "key": str(fleet.client_key),
+                        "known_hosts": str(fleet.known_hosts),
+                        "hosts": [[h.address, h.port] for h in share],
+                    }
+                )
+            )
+            argv = [sys.executable, str(HERE / "floor_ssh.py"), str(spec), str(threads)]
+            procs.append(_spawn(argv, env))
+        for label, phase in PHASES.items():
+            pids = [p.pid for p in procs]
+            cpu0 = sum(tree_cpu(p) for p in pids)
+            s0, box0 = sshd_cpu(fleet), box_ticks()
+            t0 = time.perf_counter()
+            answers = _ask(procs, phase)
+            wall = time.perf_counter() - t0
+            busy = busy_share(box0, box_ticks())
+            cpu = sum(tree_cpu(p) for p in pids) - cpu0
+            failures = [f for a in answers for f in a["failures"]]
+            if failures or sum(a["ok"] for a in answers) != len(hosts):
+                raise BenchFailure(f"{label}: " + "; ".join(failures[:10]))
+            rows[label].timings.append(Timing(wall, cpu, {"box_busy": busy}))
+            rows[label].sshd.append(sshd_cpu(fleet) - s0)
+    finally:
+        _stop(procs)
+
+
+def celery_floor(
+    row: Row,
+    env: Mapping[str, str],
+    names: Sequence[str],
+    concurrency: int,
+    n: int,
+    redis: RedisServer,
+    repeat: int,
+    log_dir: Path,
+    pool: str = "threads",
+) -> None:
+    """`repeat` timed rounds of the Celery floor (after one untimed round) into `row`."""
+    with started_workers(
+        env, names, concurrency, log_dir, pool, app="bench.floor_celery"
+    ) as workers:
+        pids = [w.pid for w in workers]
+        argv = [sys.executable, str(HERE / "floor_celery.py"), str(n)]
+        submitter = _spawn(argv, env)
+        try:
+            _ask([submitter], "go")
+            for _ in range(repeat):
+                redis_reset_stats(redis.port)
+                before = sum(tree_cpu(p) for p in pids)
+                redis0 = tree_cpu(redis.pid)
+                box0 = box_ticks()
+                (answer,) = _ask([submitter], "go")
+                busy = busy_share(box0, box_ticks())
+                worker_cpu = sum(tree_cpu(p) for p in pids) - before
+                redis_cpu = tree_cpu(redis.pid) - redis0
+                commands = redis_commands(redis.port)
+                if answer["ok"] != n:
+                    raise BenchFailure(f"{FLOOR_CELERY}: {answer['ok']}/{n} tasks collected")
+                detail = {
+                    "cli_cpu": answer["cpu_s"],
+                    "worker_cpu": worker_cpu,
+                    "redis_cpu": redis_cpu,
+                    "box_busy": busy,
+                }
+                row.timings.append(Timing(answer["wall_s"], answer["cpu_s"] + worker_cpu, detail))
+                row.sshd.append(0.0)
+                row.add(
+                    redis_commands_per_host=sum(commands.values()) / n,
+                    fleet_cpu_ms_per_host=(answer["cpu_s"] + worker_cpu + redis_cpu) / n * 1000,
+                    worker_rss_mib=max(tree_rss_mib(p) for p in pids),
+                )
+                row.redis_top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
+        finally:
+            _stop([submitter])
