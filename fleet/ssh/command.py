@@ -23,6 +23,7 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST
 
 from fleet.command import EOF_GRACE, CappedBuffer, Invocation, signal_label
+from fleet.ssh import deadlines
 from fleet.ssh.errors import SessionRefused
 
 _MARKER = b"FLEET-PID "
@@ -92,16 +93,12 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
     forever. At the deadline the channel is closed, which wakes that wait.
     Raises `StartTimeout` then, or what the request raised."""
     lock = threading.Lock()
-    state = {"done": False, "expired": False}
+    state: dict[str, Any] = {"done": False, "closer": None}
     returned = threading.Event()
 
-    def expire() -> None:
-        with lock:
-            if state["done"]:
-                return
-            state["expired"] = True
+    def close_and_wake() -> None:
         # The close fails when the transport died or the caller, already woken, is
-        # closing it: there is no one to tell, and a timer thread must not raise.
+        # closing it: there is no one to tell, and this thread must not raise.
         with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
             channel.close()
         # paramiko arms the reply event after its "channel open?" check: a close
@@ -111,9 +108,15 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
         while wake is not None and not returned.wait(_WAKE_INTERVAL):
             wake.set()
 
-    timer = threading.Timer(max(timeout, 0.0), expire)
-    timer.daemon = True
-    timer.start()
+    def expire() -> None:
+        # On the shared deadline thread: hand the slow part to a thread of its own.
+        with lock:
+            if state["done"]:
+                return
+            state["closer"] = threading.Thread(target=close_and_wake, daemon=True)
+            state["closer"].start()
+
+    deadline = deadlines.call_later(timeout, expire)
     failure: Exception | None = None
     try:
         request()
@@ -122,14 +125,14 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
     finally:
         with lock:
             state["done"] = True
-            expired = state["expired"]
+            closer = state["closer"]
         returned.set()
-        timer.cancel()
-    if expired:
+        deadline.cancel()
+    if closer is not None:
         # The close may still be on its way out: let it go before the caller
         # closes or retires the transport (bounded: a stuck socket must not hold us).
-        timer.join(_CLOSE_GRACE)
-        # (A reply that came as the timer closed the channel is lost with it.)
+        # (A reply that came as the deadline closed the channel is lost with it.)
+        closer.join(_CLOSE_GRACE)
         raise StartTimeout from None
     if failure is not None:
         raise failure
