@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,12 +36,13 @@ from tests.harness.workers import CeleryWorker
 REPO = Path(__file__).resolve().parents[1]
 FLEET_COLD = "fleet cold"
 FLEET_WARM = "fleet warm"
+FLEET_API = "fleet warm (API, process up)"  # bench/apirow.py
 FLEET_SLEEP = "fleet warm sleep 1"
 SLEEP_COMMAND = "sleep 1"
 IDLE_SAMPLE_S = 2.0
 #: The performance issue's targets, printed beside the figures (nothing is asserted):
 #: CPU of CLI + workers + Redis per host, and `sleep 1` on 200 hosts, warm.
-CPU_TARGET_MS = {FLEET_COLD: 12.0, FLEET_WARM: 5.0}
+CPU_TARGET_MS = {FLEET_COLD: 12.0, FLEET_WARM: 5.0, FLEET_API: 5.0}
 SLEEP_TARGET_HOSTS = 200
 SLEEP_TARGET_WALL_S = 1.5
 #: The sleep row's threads per worker: its busiest worker's hosts (at least N / W) plus
@@ -214,10 +215,12 @@ def cold_warm_pair(
     fleet: SSHFleet,
     log_dir: Path,
     pool: str = "threads",
+    then: Callable[[Sequence[CeleryWorker]], None] | None = None,
 ) -> None:
-    """Fresh workers, then `fleet cold` and `fleet warm` at once. Memory per pooled
-    connection: the workers' RSS after the run minus right after start, over the
-    connections they hold (each run opens N minus the reused ones; none is closed)."""
+    """Fresh workers, then `fleet cold` and `fleet warm` at once, then `then(workers)`
+    while they are still up. Memory per pooled connection: the workers' RSS after the
+    run minus right after start, over the connections they hold (each run opens N minus
+    the reused ones; none is closed)."""
     with started_workers(env, names, concurrency, log_dir, pool) as workers:
         pids = [w.pid for w in workers]
         rss_start = rss_total_mib(pids)
@@ -233,6 +236,8 @@ def cold_warm_pair(
                 worker_kib_per_connection=(rss - rss_start) * 1024 / held,
                 worker_idle_cpu_s_per_s=idle_cpu(pids, IDLE_SAMPLE_S),
             )
+        if then is not None:
+            then(workers)
 
 
 def sleep_threads(hosts: Sequence[str], names: Sequence[str]) -> dict[str, Any]:

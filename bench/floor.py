@@ -21,8 +21,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
 
+from bench.children import ask, spawn, stop
 from bench.fleetrows import BenchFailure, Row, started_workers
 from bench.measure import (
     Timing,
@@ -45,55 +45,6 @@ FLOOR_CELERY = "celery floor no-op"
 FLOOR_ROWS = (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY)
 PHASES = {FLOOR_COLD: "cold", FLOOR_WARM: "warm", FLOOR_SLEEP: "sleep"}
 READY_TIMEOUT_S = 60.0
-
-
-def _ask(procs: Sequence[subprocess.Popen[str]], line: str) -> list[dict[str, Any]]:
-    """Send `line` to every child, then read one JSON answer from each."""
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(line + "\n")
-        proc.stdin.flush()
-    answers = []
-    for proc in procs:
-        answers.append(json.loads(_readline(proc)))
-    return answers
-
-
-def _readline(proc: subprocess.Popen[str]) -> str:
-    stdout: IO[str] | None = proc.stdout
-    assert stdout is not None
-    line = stdout.readline()
-    if not line:
-        err = proc.stderr.read() if proc.stderr is not None else ""
-        raise BenchFailure(f"floor process exited {proc.wait()}: {err[-2000:]}")
-    return line
-
-
-def _spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=None if env is None else dict(env),
-        cwd=HERE.parent,
-    )
-    if _readline(proc).strip() != "ready":
-        raise BenchFailure(f"floor process {argv[1]} did not start")
-    return proc
-
-
-def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        try:
-            if proc.stdin is not None:
-                proc.stdin.write("quit\n")
-                proc.stdin.close()
-            proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
 
 
 def ssh_floor(
@@ -124,13 +75,13 @@ def ssh_floor(
                 )
             )
             argv = [sys.executable, str(HERE / "floor_ssh.py"), str(spec), str(threads)]
-            procs.append(_spawn(argv, env))
+            procs.append(spawn(argv, env))
         for label, phase in PHASES.items():
             pids = [p.pid for p in procs]
             cpu0 = sum(tree_cpu(p) for p in pids)
             s0, box0 = sshd_cpu(fleet), box_ticks()
             t0 = time.perf_counter()
-            answers = _ask(procs, phase)
+            answers = ask(procs, phase)
             wall = time.perf_counter() - t0
             busy = busy_share(box0, box_ticks())
             cpu = sum(tree_cpu(p) for p in pids) - cpu0
@@ -140,7 +91,7 @@ def ssh_floor(
             rows[label].timings.append(Timing(wall, cpu, {"box_busy": busy}))
             rows[label].sshd.append(sshd_cpu(fleet) - s0)
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 def celery_floor(
@@ -160,15 +111,15 @@ def celery_floor(
     ) as workers:
         pids = [w.pid for w in workers]
         argv = [sys.executable, str(HERE / "floor_celery.py"), str(n)]
-        submitter = _spawn(argv, env)
+        submitter = spawn(argv, env)
         try:
-            _ask([submitter], "go")
+            ask([submitter], "go")
             for _ in range(repeat):
                 redis_reset_stats(redis.port)
                 before = sum(tree_cpu(p) for p in pids)
                 redis0 = tree_cpu(redis.pid)
                 box0 = box_ticks()
-                (answer,) = _ask([submitter], "go")
+                (answer,) = ask([submitter], "go")
                 busy = busy_share(box0, box_ticks())
                 worker_cpu = sum(tree_cpu(p) for p in pids) - before
                 redis_cpu = tree_cpu(redis.pid) - redis0
@@ -190,4 +141,4 @@ def celery_floor(
                 )
                 row.redis_top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
         finally:
-            _stop([submitter])
+            stop([submitter])

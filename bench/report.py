@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.fleetrows import (
     CPU_TARGET_MS,
+    FLEET_API,
     FLEET_COLD,
     FLEET_SLEEP,
     FLEET_WARM,
@@ -27,7 +28,12 @@ SSH_DEFAULT = "openssh xargs -P{c} (default kex)"
 
 COMMANDS = {FLEET_SLEEP: "sleep 1", FLOOR_SLEEP: "sleep 1", FLOOR_CELERY: "no-op"}
 #: Each fleet row and the floor of its kind (bench/floor.py).
-FLOOR_OF = {FLEET_COLD: FLOOR_COLD, FLEET_WARM: FLOOR_WARM, FLEET_SLEEP: FLOOR_SLEEP}
+FLOOR_OF = {
+    FLEET_COLD: FLOOR_COLD,
+    FLEET_WARM: FLOOR_WARM,
+    FLEET_API: FLOOR_WARM,
+    FLEET_SLEEP: FLOOR_SLEEP,
+}
 
 
 def _median(values: Sequence[float]) -> float:
@@ -46,7 +52,7 @@ def summarize(
     base = rows[SSH_COLD].timings
     base_wall = _median([t.wall for t in base])
     base_cpu = _median([t.cpu for t in base])
-    order = [SSH_COLD, FLEET_COLD, FLEET_WARM, FLEET_SLEEP]
+    order = [SSH_COLD, FLEET_COLD, FLEET_WARM, FLEET_API, FLEET_SLEEP]
     order += [k for k in rows if k not in order]
     out_rows = []
     for label in order:
@@ -105,18 +111,24 @@ def _verdict(value: float, target: float) -> str:
     return "met" if value <= target else "not met"
 
 
+def _span(row: Mapping[str, Any]) -> str:
+    if "run_span_s" not in row:  # the API row: no CLI
+        return f"fleet.run() to report {row['wall_s']:.2f} s; "
+    return f"run span {row['run_span_s']:.2f} s (CLI wall {row['wall_s']:.2f} s); "
+
+
 def _fleet_lines(row: Mapping[str, Any], n: int) -> list[str]:
     label = row["row"]
     cpu_ms = row["fleet_cpu_ms_per_host"]
     target = row.get("fleet_cpu_target_ms_per_host")
-    kind = label.split()[1]
+    kind = "cold" if label == FLEET_COLD else "warm"
     aim = f" (target <= {target:.0f} ms/host {kind}: {_verdict(cpu_ms, target)})" if target else ""
     top = ", ".join(f"{name} {calls}" for name, calls in row["redis_top"][:6])
     lines = [
-        f"  {label}: CPU cli {row['cli_cpu_s']:.2f} s + workers {row['worker_cpu_s']:.2f} s"
+        f"  {label}: CPU {'submitter' if label == FLEET_API else 'cli'} "
+        f"{row['cli_cpu_s']:.2f} s + workers {row['worker_cpu_s']:.2f} s"
         f" + redis {row['redis_cpu_s']:.2f} s = {cpu_ms:.1f} ms/host{aim}",
-        f"    run span {row['run_span_s']:.2f} s (CLI wall {row['wall_s']:.2f} s); "
-        f"connections reused {row['connections_reused']:.0f}/{n}; "
+        f"    {_span(row)}connections reused {row['connections_reused']:.0f}/{n}; "
         f"redis commands/host {row['redis_commands_per_host']:.1f} ({top})",
     ]
     if "worker_kib_per_connection" in row:

@@ -11,6 +11,8 @@ unless ``--pool``, harness `CeleryWorker`), then times in one invocation
 - ``openssh xargs -P64 (cold)``: ``xargs -P C ssh -o KexAlgorithms=<paramiko's kex> ...``
 - ``fleet cold``: ``python -m fleet run uptime --group web --json``, fresh workers
 - ``fleet warm``: the same command again at once (pooled connections reused)
+- ``fleet warm (API, process up)``: the same through ``fleet.run()`` from a process
+  already up (no interpreter start-up or imports), right after ``fleet warm``
 - ``fleet warm sleep 1``: ``sleep 1`` on warm connections, W new workers with a thread
   for every host (after one untimed ``uptime`` run filling their pools)
 - ``paramiko floor cold|warm|sleep 1``, ``celery floor no-op``: each part alone
@@ -43,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.apirow import FLEET_API, api_row  # noqa: E402
 from bench.fleetrows import (  # noqa: E402
     FLEET_COLD,
     FLEET_SLEEP,
@@ -194,7 +197,12 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             check=False,
         )
         names = [f"benchw{k + 1}" for k in range(args.workers)]
-        rows: dict[str, Row] = {SSH_COLD: Row(), FLEET_COLD: Row(), FLEET_WARM: Row()}
+        rows: dict[str, Row] = {
+            SSH_COLD: Row(),
+            FLEET_COLD: Row(),
+            FLEET_WARM: Row(),
+            FLEET_API: Row(),
+        }
         for r in range(args.repeat):
             s0 = sshd_cpu(fleet)
             timing, failures = run_openssh(fleet, hosts, kex, c)
@@ -205,7 +213,16 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # Fresh workers per repeat (new names: no registration of the last set is reused).
             ws = [f"{name}r{r + 1}" for name in names]
             cold_warm_pair(
-                rows, env, ws, args.worker_concurrency, n, redis, fleet, tmp / "w", args.pool
+                rows,
+                env,
+                ws,
+                args.worker_concurrency,
+                n,
+                redis,
+                fleet,
+                tmp / "w",
+                args.pool,
+                then=lambda workers: api_row(rows[FLEET_API], env, workers, n, redis, fleet),
             )
         if args.sleep_row:
             rows[FLEET_SLEEP] = Row()

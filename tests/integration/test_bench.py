@@ -35,6 +35,7 @@ def test_bench_measures_every_row() -> None:
         "openssh xargs -P64 (cold)",
         "fleet cold",
         "fleet warm",
+        "fleet warm (API, process up)",
         "fleet warm sleep 1",
         "paramiko floor cold",
         "paramiko floor warm",
@@ -44,4 +45,5 @@ def test_bench_measures_every_row() -> None:
     }
     assert all(row["wall_s"] > 0 for row in rows.values())
     assert rows["fleet warm"]["connections_reused"] == HOSTS
+    assert rows["fleet warm (API, process up)"]["connections_reused"] == HOSTS
     assert rows["celery floor no-op"]["redis_commands_per_host"] > 0
