@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.children import ask, spawn, stop
+from bench.children import Child, ask, stop
 from bench.fleetrows import FLEET_API, BenchFailure, Row
 from bench.measure import (
     Timing,
@@ -40,9 +40,13 @@ def api_row(
     """One untimed call (the submitter's first run loads what it loads lazily), then one
     timed call into `row`. Raises `BenchFailure` unless every host is ok."""
     argv = [sys.executable, str(HERE / "api_submitter.py"), "web", "uptime"]
-    submitter = spawn(argv, env)
+    submitter = Child(argv, env)
     try:
-        ask([submitter], "go")
+        (warmup,) = ask([submitter], "go")
+        if warmup["ok"] != n:
+            raise BenchFailure(
+                f"{FLEET_API}: {warmup['ok']}/{n} ok: " + "; ".join(warmup["not_ok"])
+            )
         pids = [w.pid for w in workers]
         redis_reset_stats(redis.port)
         before = sum(tree_cpu(p) for p in pids)

@@ -16,13 +16,12 @@ adds (its CLI, its store, and Celery where it is not in the floor).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.children import ask, spawn, stop
+from bench.children import Child, ask, stop
 from bench.fleetrows import BenchFailure, Row, started_workers
 from bench.measure import (
     Timing,
@@ -44,23 +43,21 @@ FLOOR_SLEEP = "paramiko floor sleep 1"
 FLOOR_CELERY = "celery floor no-op"
 FLOOR_ROWS = (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY)
 PHASES = {FLOOR_COLD: "cold", FLOOR_WARM: "warm", FLOOR_SLEEP: "sleep"}
-READY_TIMEOUT_S = 60.0
 
 
 def ssh_floor(
     rows: Mapping[str, Row],
     fleet: SSHFleet,
     processes: int,
-    concurrency: int,
+    threads: int,
     env: Mapping[str, str],
     tmp: Path,
 ) -> None:
     """One cold, warm and ``sleep 1`` phase of the paramiko floor into `rows`, from
-    `processes` new processes with ``concurrency / processes`` threads each."""
+    `processes` new processes with `threads` threads each (fleet's workers and slots)."""
     hosts = fleet.hosts
     shares = [hosts[k::processes] for k in range(processes)]
-    threads = -(-concurrency // processes)
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[Child] = []
     try:
         for k, share in enumerate(shares):
             spec = tmp / f"floor-ssh-{k}.json"
@@ -75,7 +72,7 @@ def ssh_floor(
                 )
             )
             argv = [sys.executable, str(HERE / "floor_ssh.py"), str(spec), str(threads)]
-            procs.append(spawn(argv, env))
+            procs.append(Child(argv, env))
         for label, phase in PHASES.items():
             pids = [p.pid for p in procs]
             cpu0 = sum(tree_cpu(p) for p in pids)
@@ -111,9 +108,11 @@ def celery_floor(
     ) as workers:
         pids = [w.pid for w in workers]
         argv = [sys.executable, str(HERE / "floor_celery.py"), str(n)]
-        submitter = spawn(argv, env)
+        submitter = Child(argv, env)
         try:
-            ask([submitter], "go")
+            (warmup,) = ask([submitter], "go")
+            if warmup["ok"] != n:
+                raise BenchFailure(f"{FLOOR_CELERY}: {warmup['ok']}/{n} tasks collected")
             for _ in range(repeat):
                 redis_reset_stats(redis.port)
                 before = sum(tree_cpu(p) for p in pids)

@@ -227,8 +227,9 @@ def _floor_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             reach = f"{ratio:.2f}x OpenSSH, OpenSSH/floor {1 / ratio:.2f}x"
         else:
             reach = f"{floor_row['wall_s']:.2f} s"
+        who = "submitter" if fleet_label == FLEET_API else "CLI, its start-up included"
         lines.append(
             f"  {floor_label}: {reach}; {fleet_label} adds {gap:+.2f} s of wall "
-            f"and {cpu_gap:+.1f} ms/host of CPU (CLI, workers; Redis not counted)"
+            f"and {cpu_gap:+.1f} ms/host of CPU ({who}, workers; Redis not counted)"
         )
     return lines

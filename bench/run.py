@@ -241,7 +241,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for label in (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY):
                 rows[label] = Row()
             for _ in range(args.repeat):
-                ssh_floor(rows, fleet, args.workers, c, env, tmp)
+                ssh_floor(rows, fleet, args.workers, args.worker_concurrency, env, tmp)
             celery_floor(
                 rows[FLOOR_CELERY],
                 env,

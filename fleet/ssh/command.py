@@ -93,14 +93,17 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
     forever. At the deadline the channel is closed, which wakes that wait.
     Raises `StartTimeout` then, or what the request raised."""
     lock = threading.Lock()
-    state: dict[str, Any] = {"done": False, "closer": None}
+    state: dict[str, Any] = {"done": False, "expired": False, "closer": None}
     returned = threading.Event()
 
-    def close_and_wake() -> None:
+    def close() -> None:
         # The close fails when the transport died or the caller, already woken, is
-        # closing it: there is no one to tell, and this thread must not raise.
+        # closing it: there is no one to tell, and no deadline thread may raise.
         with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
             channel.close()
+
+    def close_and_wake() -> None:
+        close()
         # paramiko arms the reply event after its "channel open?" check: a close
         # landing between the two is a lost wake-up (the request would wait for a
         # reply that never comes). Keep waking it until the request has returned.
@@ -113,8 +116,17 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
         with lock:
             if state["done"]:
                 return
-            state["closer"] = threading.Thread(target=close_and_wake, daemon=True)
-            state["closer"].start()
+            state["expired"] = True
+            thread = threading.Thread(target=close_and_wake, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: close from here, without the wake loop
+                started = False
+            else:
+                started = True
+                state["closer"] = thread
+        if not started:
+            close()
 
     deadline = deadlines.call_later(timeout, expire)
     failure: Exception | None = None
@@ -125,14 +137,15 @@ def bounded_request(channel: Any, request: Callable[[], object], timeout: float)
     finally:
         with lock:
             state["done"] = True
-            closer = state["closer"]
+            expired, closer = state["expired"], state["closer"]
         returned.set()
         deadline.cancel()
-    if closer is not None:
+    if expired:
         # The close may still be on its way out: let it go before the caller
         # closes or retires the transport (bounded: a stuck socket must not hold us).
         # (A reply that came as the deadline closed the channel is lost with it.)
-        closer.join(_CLOSE_GRACE)
+        if closer is not None:
+            closer.join(_CLOSE_GRACE)
         raise StartTimeout from None
     if failure is not None:
         raise failure

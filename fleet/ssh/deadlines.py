@@ -41,6 +41,8 @@ class Deadline:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # Unlocked check-then-set: two threads cancelling at once count it twice, which
+        # only brings a compaction forward.
         if not self.cancelled:
             self.cancelled = True
             _timers.cancelled()
@@ -61,11 +63,12 @@ class _Timers:
     def call_later(self, delay: float, callback: Callable[[], object]) -> Deadline:
         entry = Deadline(time.monotonic() + max(delay, 0.0), callback)
         with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="fleet-deadlines", daemon=True
-                )
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                # Started here, not at import; started again should it ever have died.
+                # A failed start raises to the caller (no deadline is promised then).
+                thread = threading.Thread(target=self._run, name="fleet-deadlines", daemon=True)
+                thread.start()
+                self._thread = thread
             heapq.heappush(self._heap, (entry.when, next(self._order), entry))
             if self._heap[0][2] is entry:
                 self._cond.notify()
@@ -101,7 +104,7 @@ class _Timers:
             entry.cancelled = True  # a later cancel() is a no-op, and not counted
             try:
                 entry.callback()
-            except Exception:  # one bad callback must not stop every other deadline
+            except BaseException:  # even SystemExit: every deadline here needs this thread
                 log.exception("fleet: a deadline callback failed")
 
 

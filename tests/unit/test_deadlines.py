@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
 from fleet.ssh import deadlines
 
 WAIT_S = 5.0  # a hang guard, not a timing check
@@ -54,6 +56,9 @@ def test_cancel_after_the_call_is_harmless() -> None:
     deadline.cancel()
 
 
+# Python 3.12+ warns about fork() in a process with threads; the child here only uses
+# the deadline module, which resets itself at fork.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_forked_child_gets_its_own_deadline_thread() -> None:
     deadlines.call_later(3600, lambda: None)  # the parent's thread is running
     pid = os.fork()
@@ -71,3 +76,24 @@ def test_many_deadlines_one_thread() -> None:
     assert threading.active_count() <= before + 1
     for handle in handles:
         handle.cancel()
+
+
+def test_a_callback_raising_system_exit_does_not_stop_the_thread() -> None:
+    done = threading.Event()
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    deadlines.call_later(0.0, leave)
+    deadlines.call_later(0.05, done.set)
+    assert done.wait(WAIT_S)
+
+
+def test_the_thread_is_started_again_should_it_have_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    monkeypatch.setattr(deadlines._timers, "_thread", dead)
+    done = threading.Event()
+    deadlines.call_later(0.0, done.set)
+    assert done.wait(WAIT_S)
