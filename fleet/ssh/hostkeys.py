@@ -45,6 +45,10 @@ from fleet.ssh.errors import ConnectFailure
 # path -> ((mtime_ns, size, inode, ctime_ns), parsed): a rewrite or a replace shows.
 _cache: dict[str, tuple[tuple[int, int, int, int], _KnownHosts]] = {}
 _cache_lock = threading.Lock()
+# path -> the lock of its parse: the threads that miss the cache together (a cold run
+# starts a worker's every slot at once) wait for one parse instead of each doing it
+# (15 parses of one file in one cold run of 200 hosts, measured with yappi).
+_parse_locks: dict[str, threading.Lock] = {}
 
 # Answers remembered per parsed file version; past this many hosts the memo restarts.
 _MEMO_MAX = 1 << 16
@@ -237,24 +241,35 @@ def _parse(path: str) -> _KnownHosts:
 
 
 def _load(path: str, *, fresh: bool = False) -> _KnownHosts | None:
-    """Parsed and indexed file, cached per file version: big known_hosts are parsed once."""
+    """Parsed and indexed file, cached per file version: big known_hosts are parsed once,
+    by one thread while the others that want the same version wait for it. `fresh`:
+    parse again whatever the cache holds."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-    if not fresh:
-        with _cache_lock:
-            cached = _cache.get(path)
-            if cached and cached[0] == stamp:
-                return cached[1]
-    try:
-        parsed = _parse(path)
-    except OSError:
-        return None
+    if not fresh and (cached := _cached(path, stamp)) is not None:
+        return cached
     with _cache_lock:
-        _cache[path] = (stamp, parsed)
+        parse_lock = _parse_locks.setdefault(path, threading.Lock())
+    with parse_lock:
+        # Another thread may have parsed this very version while we waited.
+        if not fresh and (cached := _cached(path, stamp)) is not None:
+            return cached
+        try:
+            parsed = _parse(path)
+        except OSError:
+            return None
+        with _cache_lock:
+            _cache[path] = (stamp, parsed)
     return parsed
+
+
+def _cached(path: str, stamp: tuple[int, int, int, int]) -> _KnownHosts | None:
+    with _cache_lock:
+        cached = _cache.get(path)
+    return cached[1] if cached and cached[0] == stamp else None
 
 
 @dataclass(frozen=True, slots=True)

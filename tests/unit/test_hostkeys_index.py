@@ -16,6 +16,8 @@ import random
 import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -391,3 +393,33 @@ def test_index_gives_openssh_answers(kh: Path) -> None:
         assert (blobs(p.known_keys(host)), blobs(p.revoked_keys(host))) == want, host
         revoked += bool(want[1])
     assert revoked > 10
+
+
+def test_threads_missing_the_cache_together_parse_the_file_once(
+    kh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kh.write_text("".join(line(f"h{i}.example", KEYS[i % 6]) for i in range(200)))
+    parses: list[str] = []
+    real_parse = hostkeys._parse
+
+    def counting_parse(path: str) -> object:
+        parses.append(path)
+        time.sleep(0.05)  # long enough for every thread to miss the cache
+        return real_parse(path)
+
+    monkeypatch.setattr(hostkeys, "_parse", counting_parse)
+    monkeypatch.setattr(hostkeys, "_cache", {})
+    start = threading.Barrier(32)
+    found: list[list[str]] = []
+
+    def look_up(i: int) -> None:
+        start.wait()
+        found.append(known(kh, f"h{i}.example"))
+
+    threads = [threading.Thread(target=look_up, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(parses) == 1
+    assert all(len(keys) == 1 for keys in found)
