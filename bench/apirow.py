@@ -1,7 +1,7 @@
-"""The ``fleet warm (API, process up)`` row: fleet's Python API from a submitter that is
-already up (bench/api_submitter.py), on the workers and warm pools of the cold/warm
-pair, right after ``fleet warm``. The same run as that row without the CLI's
-interpreter start-up and imports: what a web app or a script calling fleet pays.
+"""The ``(API, process up)`` rows: fleet's Python API from a submitter that is already up
+(bench/api_submitter.py), on the workers and warm pools of the row before it (``fleet
+warm``: ``uptime``; ``fleet warm sleep 1``: ``sleep 1``). The same run without the
+CLI's interpreter start-up and imports: what a web app or a script calling fleet pays.
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ def api_row(
     n: int,
     redis: RedisServer,
     fleet: SSHFleet,
+    command: str = "uptime",
+    label: str = FLEET_API,
 ) -> None:
     """One untimed call (the submitter's first run loads what it loads lazily), then one
-    timed call into `row`. Raises `BenchFailure` unless every host is ok."""
-    argv = [sys.executable, str(HERE / "api_submitter.py"), "web", "uptime"]
+    timed call into `row`, both running `command`. Raises `BenchFailure` unless every
+    host is ok."""
+    argv = [sys.executable, str(HERE / "api_submitter.py"), "web", command]
     submitter = Child(argv, env)
     try:
         (warmup,) = ask([submitter], "go")
@@ -60,7 +63,7 @@ def api_row(
     finally:
         stop([submitter])
     if answer["ok"] != n:
-        raise BenchFailure(f"{FLEET_API}: {answer['ok']}/{n} ok: " + "; ".join(answer["not_ok"]))
+        raise BenchFailure(f"{label}: {answer['ok']}/{n} ok: " + "; ".join(answer["not_ok"]))
     submit_cpu = answer["cpu_s"]
     detail = {
         "cli_cpu": submit_cpu,

@@ -38,6 +38,7 @@ FLEET_COLD = "fleet cold"
 FLEET_WARM = "fleet warm"
 FLEET_API = "fleet warm (API, process up)"  # bench/apirow.py
 FLEET_SLEEP = "fleet warm sleep 1"
+FLEET_API_SLEEP = "fleet warm sleep 1 (API, process up)"  # bench/apirow.py
 SLEEP_COMMAND = "sleep 1"
 IDLE_SAMPLE_S = 2.0
 #: The performance issue's targets, printed beside the figures (nothing is asserted):
@@ -272,9 +273,11 @@ def sleep_row(
     fleet: SSHFleet,
     log_dir: Path,
     pool: str = "threads",
+    then: Callable[[Sequence[CeleryWorker]], None] | None = None,
 ) -> None:
     """`fleet warm sleep 1`: W new workers with a thread per host, one untimed
-    `uptime` run to fill their pools, then `sleep 1` timed `repeat` times."""
+    `uptime` run to fill their pools, then `sleep 1` timed `repeat` times, then
+    `then(workers)` while they are still up."""
     names = [f"benchsw{k + 1}" for k in range(workers_count)]
     row.info.update(sleep_threads([h.name for h in fleet.hosts], names))
     row.info["workers"] = workers_count
@@ -293,3 +296,5 @@ def sleep_row(
         )
         for _ in range(repeat):
             timed_row(row, env, workers, n, redis, fleet, SLEEP_COMMAND)
+        if then is not None:
+            then(workers)

@@ -31,7 +31,10 @@ from typing import Any
 
 import paramiko
 
-TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # connect, key exchange, session open: fleet's connect_timeout
+#: Reading a command's output: fleet's command_timeout. With 1,000 sessions starting at
+#: once per process (``sleep`` at N=2,000), the last ones wait well over 10 s for sshd.
+COMMAND_TIMEOUT_S = 300.0
 IDLE_POLL_S = 2.0
 
 
@@ -82,7 +85,7 @@ class Floor:
 
     def execute(self, host: tuple[str, int], command: str) -> None:
         channel = self.transports[host].open_session(timeout=TIMEOUT_S)
-        channel.settimeout(TIMEOUT_S)
+        channel.settimeout(COMMAND_TIMEOUT_S)
         channel.exec_command(command)
         while channel.recv(32768):
             pass

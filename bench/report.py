@@ -11,6 +11,7 @@ from typing import Any
 from bench.fleetrows import (
     CPU_TARGET_MS,
     FLEET_API,
+    FLEET_API_SLEEP,
     FLEET_COLD,
     FLEET_SLEEP,
     FLEET_WARM,
@@ -26,13 +27,19 @@ SSH_COLD = "openssh xargs -P{c} (cold)"
 SSH_DEFAULT = "openssh xargs -P{c} (default kex)"
 
 
-COMMANDS = {FLEET_SLEEP: "sleep 1", FLOOR_SLEEP: "sleep 1", FLOOR_CELERY: "no-op"}
+COMMANDS = {
+    FLEET_SLEEP: "sleep 1",
+    FLEET_API_SLEEP: "sleep 1",
+    FLOOR_SLEEP: "sleep 1",
+    FLOOR_CELERY: "no-op",
+}
 #: Each fleet row and the floor of its kind (bench/floor.py).
 FLOOR_OF = {
     FLEET_COLD: FLOOR_COLD,
     FLEET_WARM: FLOOR_WARM,
     FLEET_API: FLOOR_WARM,
     FLEET_SLEEP: FLOOR_SLEEP,
+    FLEET_API_SLEEP: FLOOR_SLEEP,
 }
 
 
@@ -52,7 +59,7 @@ def summarize(
     base = rows[SSH_COLD].timings
     base_wall = _median([t.wall for t in base])
     base_cpu = _median([t.cpu for t in base])
-    order = [SSH_COLD, FLEET_COLD, FLEET_WARM, FLEET_API, FLEET_SLEEP]
+    order = [SSH_COLD, FLEET_COLD, FLEET_WARM, FLEET_API, FLEET_SLEEP, FLEET_API_SLEEP]
     order += [k for k in rows if k not in order]
     out_rows = []
     for label in order:
@@ -83,7 +90,7 @@ def summarize(
             row["redis_top"] = data.redis_top
             row["fleet_cpu_target_ms_per_host"] = CPU_TARGET_MS.get(label)
             row.update(data.info)
-        if label == FLEET_SLEEP:
+        if label in (FLEET_SLEEP, FLEET_API_SLEEP):
             row["wall_target_s"] = SLEEP_TARGET_WALL_S if n == SLEEP_TARGET_HOSTS else None
         out_rows.append(row)
     return {
@@ -125,7 +132,7 @@ def _fleet_lines(row: Mapping[str, Any], n: int) -> list[str]:
     aim = f" (target <= {target:.0f} ms/host {kind}: {_verdict(cpu_ms, target)})" if target else ""
     top = ", ".join(f"{name} {calls}" for name, calls in row["redis_top"][:6])
     lines = [
-        f"  {label}: CPU {'submitter' if label == FLEET_API else 'cli'} "
+        f"  {label}: CPU {'submitter' if label in (FLEET_API, FLEET_API_SLEEP) else 'cli'} "
         f"{row['cli_cpu_s']:.2f} s + workers {row['worker_cpu_s']:.2f} s"
         f" + redis {row['redis_cpu_s']:.2f} s = {cpu_ms:.1f} ms/host{aim}",
         f"    {_span(row)}connections reused {row['connections_reused']:.0f}/{n}; "
@@ -138,6 +145,13 @@ def _fleet_lines(row: Mapping[str, Any], n: int) -> list[str]:
             f"{row['connections_held']:.0f} connections held: "
             f"{row['worker_kib_per_connection']:.0f} KiB/connection; "
             f"workers idle afterwards {row['worker_idle_cpu_s_per_s']:.3f} CPU s/s"
+        )
+    if label == FLEET_API_SLEEP and row.get("wall_target_s") is not None:
+        target_s = row["wall_target_s"]
+        lines.append(
+            f"    sleep 1 warm through the API: wall {row['wall_s']:.2f} s "
+            f"(target <= {target_s:.1f} s: {_verdict(row['wall_s'], target_s)}); "
+            "the workers of the row above"
         )
     if "threads_per_worker" in row:
         capped = (
@@ -170,7 +184,7 @@ def render(result: Mapping[str, Any]) -> str:
         f"{slots}; openssh: xargs -P{result['concurrency']}; median of {result['repeat']}",
         f"kex: {result['kex']} (paramiko {result['kex_engine']}; "
         f"OpenSSH default would be {result['openssh_default_kex']})",
-        f"{'':<34} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} {'wall x':>7} "
+        f"{'':<38} {'wall s':>7} {'hosts/s':>8} {'CPU s/host':>10} {'wall x':>7} "
         f"{'CPU x':>6} {'sshd CPU/host':>13} {'+Redis ms/host':>14} "
         f"{'redis cmd/host':>14} {'worker RSS MiB':>14} {'box busy':>8}",
     ]
@@ -183,7 +197,7 @@ def render(result: Mapping[str, Any]) -> str:
         commands = f"{row['redis_commands_per_host']:.1f}" if fleet else "-"
         rss = f"{row['worker_rss_mib']:.0f}" if fleet else "-"
         lines.append(
-            f"{row['row']:<34} {row['wall_s']:>7.2f} {row['hosts_per_s']:>8.1f} "
+            f"{row['row']:<38} {row['wall_s']:>7.2f} {row['hosts_per_s']:>8.1f} "
             f"{row['cpu_s_per_host']:>10.4f} {wall_x:>7} "
             f"{(f'{cpu_x:.2f}x' if cpu_x else '-'):>6} "
             f"{row['sshd_cpu_s_per_host']:>13.4f} {with_redis:>14} {commands:>14} {rss:>14} "
@@ -227,7 +241,8 @@ def _floor_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             reach = f"{ratio:.2f}x OpenSSH, OpenSSH/floor {1 / ratio:.2f}x"
         else:
             reach = f"{floor_row['wall_s']:.2f} s"
-        who = "submitter" if fleet_label == FLEET_API else "CLI, its start-up included"
+        api = fleet_label in (FLEET_API, FLEET_API_SLEEP)
+        who = "submitter" if api else "CLI, its start-up included"
         lines.append(
             f"  {floor_label}: {reach}; {fleet_label} adds {gap:+.2f} s of wall "
             f"and {cpu_gap:+.1f} ms/host of CPU ({who}, workers; Redis not counted)"

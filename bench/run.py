@@ -45,11 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.apirow import FLEET_API, api_row  # noqa: E402
+from bench.apirow import api_row  # noqa: E402
 from bench.fleetrows import (  # noqa: E402
+    FLEET_API,
+    FLEET_API_SLEEP,
     FLEET_COLD,
     FLEET_SLEEP,
     FLEET_WARM,
+    SLEEP_COMMAND,
     BenchFailure,
     Row,
     cold_warm_pair,
@@ -226,6 +229,7 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
         if args.sleep_row:
             rows[FLEET_SLEEP] = Row()
+            rows[FLEET_API_SLEEP] = Row()
             sleep_row(
                 rows[FLEET_SLEEP],
                 env,
@@ -236,6 +240,16 @@ def bench_one(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 fleet,
                 tmp / "w",
                 args.pool,
+                then=lambda workers: api_row(
+                    rows[FLEET_API_SLEEP],
+                    env,
+                    workers,
+                    n,
+                    redis,
+                    fleet,
+                    SLEEP_COMMAND,
+                    FLEET_API_SLEEP,
+                ),
             )
         if args.floor:
             for label in (FLOOR_COLD, FLOOR_WARM, FLOOR_SLEEP, FLOOR_CELERY):

@@ -45,6 +45,7 @@ def test_bench_measures_every_row() -> None:
         "fleet warm",
         "fleet warm (API, process up)",
         "fleet warm sleep 1",
+        "fleet warm sleep 1 (API, process up)",
         "paramiko floor cold",
         "paramiko floor warm",
         "paramiko floor sleep 1",
