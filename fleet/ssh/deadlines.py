@@ -1,6 +1,6 @@
 """Deadlines for SSH requests, served by one thread per process.
 
-`threading.Timer` starts an OS thread per timer: about 125 us of CPU for every command
+`threading.Timer` starts an OS thread per timer: about 175 us of CPU for every command
 fleet starts (measured on the bench machine, bench/README.md), for a deadline that
 almost never fires. Here one daemon thread keeps every pending deadline in a heap.
 
