@@ -353,15 +353,19 @@ class HostKeyPolicy:
             raise ConnectFailure(
                 Status.HOSTKEY_REJECTED,
                 f"unknown host key for {name}: {fingerprint(key)}; add it to known_hosts "
-                "or allow trust on first use with --accept-new-host-keys",
+                "or allow trust on first use with --accept-new-host-keys (a worker takes it "
+                "only with FLEET_ACCEPT_NEW_HOST_KEYS=1 in its own environment)",
             )
         self._record(name, key)
 
     def _record(self, name: str, key: paramiko.PKey) -> None:
         assert self.record_to is not None
         path = self.record_to
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".lock", "a") as lock:
+        # fleet's known_hosts lives in FLEET_HOME, created 0700 like the embedded history
+        # (README, "Security defaults"); its lock file is as private as the file.
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        lock_fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(lock_fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 # Another thread or process may have recorded a key meanwhile.

@@ -423,3 +423,20 @@ def test_threads_missing_the_cache_together_parse_the_file_once(
         thread.join()
     assert len(parses) == 1
     assert all(len(keys) == 1 for keys in found)
+
+
+def test_a_recorded_key_creates_a_private_home_and_lock(tmp_path: Path) -> None:
+    """Trust on first use writes fleet's known_hosts in FLEET_HOME: the directory it
+    creates is 0700 and the lock file 0600, whatever the umask (README, "Security
+    defaults"), like the file itself."""
+    home = tmp_path / "fleet-home"
+    record = home / "known_hosts"
+    old_umask = os.umask(0o022)
+    try:
+        HostKeyPolicy((str(record),), str(record), accept_new=True).verify("[10.0.0.1]:22", A)
+    finally:
+        os.umask(old_umask)
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert Path(str(record) + ".lock").stat().st_mode & 0o777 == 0o600
+    assert known(record, "[10.0.0.1]:22") == [A.get_base64()]
