@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleetrows import BenchFailure
+from bench.measure import (
+    Timing,
+    box_ticks,
+    busy_share,
+    redis_commands,
+    redis_reset_stats,
+    tree_cpu,
+)
+from tests.harness.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
@@ -114,3 +123,25 @@ def ask(children: Sequence[Child], line: str) -> list[dict[str, Any]]:
 def stop(children: Sequence[Child]) -> None:
     for child in children:
         child.stop()
+
+
+def ask_measured(
+    child: Child, pids: Sequence[int], redis: RedisServer
+) -> tuple[dict[str, Any], Timing, dict[str, int]]:
+    """Ask `child` (a submitter answering ``cpu_s`` and ``wall_s``) for one round and
+    measure it: (answer, timing, Redis commands). `Timing.cpu` is the child's own CPU
+    plus the workers' (`pids`); ``detail`` splits it and adds Redis's and the box's."""
+    redis_reset_stats(redis.port)
+    before = sum(tree_cpu(p) for p in pids)
+    redis0, box0 = tree_cpu(redis.pid), box_ticks()
+    (answer,) = ask([child], "go")
+    busy = busy_share(box0, box_ticks())
+    worker_cpu = sum(tree_cpu(p) for p in pids) - before
+    detail = {
+        "cli_cpu": answer["cpu_s"],
+        "worker_cpu": worker_cpu,
+        "redis_cpu": tree_cpu(redis.pid) - redis0,
+        "box_busy": busy,
+    }
+    timing = Timing(answer.get("wall_s", 0.0), answer["cpu_s"] + worker_cpu, detail)
+    return answer, timing, redis_commands(redis.port)

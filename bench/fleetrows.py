@@ -174,6 +174,22 @@ def reused(doc: Mapping[str, Any]) -> int:
     return sum(bool(x.get("connection_reused")) for x in doc["results"])
 
 
+def add_run(
+    row: Row, timing: Timing, commands: Mapping[str, int], n: int, pids: Sequence[int]
+) -> None:
+    """One measured run into `row`: its timing, the workers' memory, the Redis commands
+    it caused (`INFO commandstats` since the reset) and the CPU per host with Redis."""
+    row.timings.append(timing)
+    redis_cpu = timing.detail["redis_cpu"]
+    row.add(
+        worker_rss_mib=max(tree_rss_mib(p) for p in pids),
+        redis_commands_per_host=sum(commands.values()) / n,
+        redis_cpu_s=redis_cpu,
+        fleet_cpu_ms_per_host=(timing.cpu + redis_cpu) / n * 1000,
+    )
+    row.redis_top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
+
+
 def timed_row(
     row: Row,
     env: Mapping[str, str],
@@ -189,20 +205,13 @@ def timed_row(
     s0 = sshd_cpu(fleet)
     timing, doc = fleet_run(env, workers, n, redis.pid, command)
     row.sshd.append(sshd_cpu(fleet) - s0)
-    commands = redis_commands(redis.port)
-    row.timings.append(timing)
     pids = [w.pid for w in workers]
-    total_cpu = timing.cpu + timing.detail["redis_cpu"]
+    add_run(row, timing, redis_commands(redis.port), n, pids)
     row.add(
-        worker_rss_mib=max(tree_rss_mib(p) for p in pids),
         worker_rss_total_mib=rss_total_mib(pids),
         connections_reused=reused(doc),
         run_span_s=span(doc),
-        redis_commands_per_host=sum(commands.values()) / n,
-        redis_cpu_s=timing.detail["redis_cpu"],
-        fleet_cpu_ms_per_host=total_cpu / n * 1000,
     )
-    row.redis_top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
     return doc
 
 

@@ -21,18 +21,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.children import Child, ask, stop
-from bench.fleetrows import BenchFailure, Row, started_workers
-from bench.measure import (
-    Timing,
-    box_ticks,
-    busy_share,
-    redis_commands,
-    redis_reset_stats,
-    sshd_cpu,
-    tree_cpu,
-    tree_rss_mib,
-)
+from bench.children import Child, ask, ask_measured, stop
+from bench.fleetrows import BenchFailure, Row, add_run, started_workers
+from bench.measure import Timing, box_ticks, busy_share, sshd_cpu, tree_cpu
 from tests.harness.redis_server import RedisServer
 from tests.harness.sshd import SSHFleet
 
@@ -114,30 +105,10 @@ def celery_floor(
             if warmup["ok"] != n:
                 raise BenchFailure(f"{FLOOR_CELERY}: {warmup['ok']}/{n} tasks collected")
             for _ in range(repeat):
-                redis_reset_stats(redis.port)
-                before = sum(tree_cpu(p) for p in pids)
-                redis0 = tree_cpu(redis.pid)
-                box0 = box_ticks()
-                (answer,) = ask([submitter], "go")
-                busy = busy_share(box0, box_ticks())
-                worker_cpu = sum(tree_cpu(p) for p in pids) - before
-                redis_cpu = tree_cpu(redis.pid) - redis0
-                commands = redis_commands(redis.port)
+                answer, timing, commands = ask_measured(submitter, pids, redis)
                 if answer["ok"] != n:
                     raise BenchFailure(f"{FLOOR_CELERY}: {answer['ok']}/{n} tasks collected")
-                detail = {
-                    "cli_cpu": answer["cpu_s"],
-                    "worker_cpu": worker_cpu,
-                    "redis_cpu": redis_cpu,
-                    "box_busy": busy,
-                }
-                row.timings.append(Timing(answer["wall_s"], answer["cpu_s"] + worker_cpu, detail))
                 row.sshd.append(0.0)
-                row.add(
-                    redis_commands_per_host=sum(commands.values()) / n,
-                    fleet_cpu_ms_per_host=(answer["cpu_s"] + worker_cpu + redis_cpu) / n * 1000,
-                    worker_rss_mib=max(tree_rss_mib(p) for p in pids),
-                )
-                row.redis_top = sorted(commands.items(), key=lambda kv: -kv[1])[:8]
+                add_run(row, timing, commands, n, pids)
         finally:
             stop([submitter])
